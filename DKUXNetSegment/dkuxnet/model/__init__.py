@@ -1,0 +1,14 @@
+"""The Dual kMaX UX-Net network (one network; the trainer pairs two)."""
+
+from dkuxnet.config import ModelConfig
+from dkuxnet.model.network import DualKMaXUXNet, ModelOutput, build_model, count_parameters
+from dkuxnet.model.weights import load_reference_weights
+
+__all__ = [
+    "DualKMaXUXNet",
+    "ModelConfig",
+    "ModelOutput",
+    "build_model",
+    "count_parameters",
+    "load_reference_weights",
+]
