@@ -45,6 +45,17 @@ class ModelOutput:
     class_logits: torch.Tensor
     aux_seg: list[torch.Tensor]
 
+    def batch_slice(self, start: int, stop: int) -> ModelOutput:
+        """The outputs of batch items ``start:stop`` (e.g. the labeled part of a mixed batch)."""
+        return ModelOutput(
+            seg_cnn=self.seg_cnn[start:stop],
+            seg_kmax=self.seg_kmax[start:stop],
+            query_logits=self.query_logits[start:stop],
+            groups=self.groups[start:stop],
+            class_logits=self.class_logits[start:stop],
+            aux_seg=[a[start:stop] for a in self.aux_seg],
+        )
+
     def probabilities(self, head: str = "mean") -> torch.Tensor:
         """Class probabilities ``(B, K, *S)`` from the ``cnn`` head, ``kmax`` head or their mean."""
         if head == "cnn":
