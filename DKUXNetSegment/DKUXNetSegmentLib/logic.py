@@ -1,0 +1,735 @@
+"""The logic of the DKUXNetSegment module: Segment and Fine-tune as background jobs.
+
+Nothing here imports qt or needs ``slicer.app``: the widget (``DKUXNetSegment.py``) calls
+:class:`DKUXNetLogic` and polls the returned task from a timer; the test suite does the same on
+the ``slicer-core`` package with a real child process.
+
+Flow of a task:
+
+* **Segment**: the chosen volume is exported to ``JOB/input.nrrd``; ``dkuxnet predict`` writes
+  ``JOB/prediction.nrrd`` and progress events; when it ends well the label is imported as a new
+  segmentation (or into the one the user chose to replace) by :mod:`slicer_bridge`.
+* **Fine-tune**: every labeled pair (volume + segmentation + segment) and unlabeled volume is
+  exported under ``JOB/data/`` with a MONAI-style ``JOB/datalist.json``; ``dkuxnet train``
+  writes ``JOB/run/`` (events, ``best.pt``, ``last.pt``). Iteration and validation events are
+  appended to MRML table nodes, which plot chart nodes draw. A cancelled run can be resumed.
+
+Progress, ETA and status come from event fields, never from parsing text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import slicer
+import vtk
+from dkuxnet.errors import InputError
+from dkuxnet.events import EVENTS_FILE, read_events
+from dkuxnet.io import read_volume, write_volume
+from dkuxnet.jobs import Job, JobState, dkuxnet_command
+from dkuxnet.resources import default_model_path
+
+from . import slicer_bridge
+
+log = logging.getLogger(__name__)
+
+CommandFactory = Callable[[Sequence[str]], list[str]]
+
+MODEL_SOURCES = ("default", "run", "file")
+DEVICES = ("auto", "cpu", "cuda")
+# What the child processes import; the versions are the ones the extension is tested with.
+REQUIRED_PACKAGES: dict[str, str] = {
+    "torch": "torch>=2.2",
+    "monai": "monai==1.6.1",
+    "SimpleITK": "SimpleITK==2.5.7",
+}
+# predict: share of the progress bar taken by each stage, in order
+PREDICT_STAGES: dict[str, tuple[float, float]] = {
+    "reading": (0.0, 0.05),
+    "predicting": (0.05, 0.95),
+    "writing": (0.95, 1.0),
+}
+CANCEL_GRACE_S = 30.0
+
+
+# ---------------------------------------------------------------------------------- helpers
+def missing_packages(required: Iterable[str] = REQUIRED_PACKAGES) -> list[str]:
+    """The import names of required packages that this Python cannot find."""
+    return [name for name in required if importlib.util.find_spec(name) is None]
+
+
+def resolve_model(source: str, path: str | Path | None = None) -> Path:
+    """The checkpoint to use for a model choice of the GUI.
+
+    Args:
+        source: ``"default"`` (the bundled model), ``"run"`` (a training run folder: its
+            ``best.pt``, else ``last.pt``) or ``"file"`` (a ``.pt`` file).
+        path: the run folder or file; ignored for ``"default"``.
+
+    Raises:
+        InputError: with a message for the user when the choice does not lead to a file.
+    """
+    if source == "default":
+        model = default_model_path()
+        if model is None:
+            raise InputError("this installation has no bundled model; choose a run folder or file")
+        return model
+    if source not in MODEL_SOURCES:
+        raise InputError(f"unknown model source {source!r}; use one of {MODEL_SOURCES}")
+    if not path:
+        raise InputError("choose a model run folder or .pt file")
+    path = Path(path)
+    if source == "run":
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise InputError(f"{path} holds no best.pt or last.pt; is it a training run folder?")
+    if not path.is_file():
+        raise InputError(f"model file not found: {path}")
+    return path
+
+
+def format_duration(seconds: float | None) -> str:
+    """``"1:02:03"`` / ``"2:03"`` for a duration; ``""`` when unknown."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return ""
+    s = int(round(seconds))
+    h, rest = divmod(s, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _new_job_folder(parent: Path, prefix: str) -> Path:
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}-{stamp}-", dir=parent))
+
+
+# ---------------------------------------------------------------------------------- parameters
+class Parameters:
+    """Typed access to the module's parameter node (a ``vtkMRMLScriptedModuleNode``).
+
+    All GUI state lives here, so saving and reloading the scene keeps the user's choices.
+    Node choices are node references; lists use the n-th references of one role.
+    """
+
+    def __init__(self, node: slicer.vtkMRMLScriptedModuleNode) -> None:
+        self.node = node
+
+    # plain values
+    def _get(self, name: str, default: str) -> str:
+        value = self.node.GetParameter(name)
+        return value if value else default
+
+    def _set(self, name: str, value: Any) -> None:
+        self.node.SetParameter(name, str(value))
+
+    @property
+    def model_source(self) -> str:
+        return self._get("ModelSource", "default")
+
+    @model_source.setter
+    def model_source(self, value: str) -> None:
+        if value not in MODEL_SOURCES:
+            raise ValueError(f"model source must be one of {MODEL_SOURCES}, got {value!r}")
+        self._set("ModelSource", value)
+
+    @property
+    def model_path(self) -> str:
+        return self._get("ModelPath", "")
+
+    @model_path.setter
+    def model_path(self, value: str | Path) -> None:
+        self._set("ModelPath", value)
+
+    @property
+    def device(self) -> str:
+        return self._get("Device", "auto")
+
+    @device.setter
+    def device(self, value: str) -> None:
+        if value not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {value!r}")
+        self._set("Device", value)
+
+    @property
+    def tta(self) -> bool:
+        return self._get("TTA", "false") == "true"
+
+    @tta.setter
+    def tta(self, value: bool) -> None:
+        self._set("TTA", "true" if value else "false")
+
+    @property
+    def iterations(self) -> int:
+        return int(self._get("Iterations", "1000"))
+
+    @iterations.setter
+    def iterations(self, value: int) -> None:
+        if int(value) < 1:
+            raise ValueError("iterations must be at least 1")
+        self._set("Iterations", int(value))
+
+    @property
+    def start_from_current_model(self) -> bool:
+        return self._get("StartFromCurrentModel", "true") == "true"
+
+    @start_from_current_model.setter
+    def start_from_current_model(self, value: bool) -> None:
+        self._set("StartFromCurrentModel", "true" if value else "false")
+
+    @property
+    def fine_tune_folder(self) -> str:
+        """The job folder of the last fine-tuning run (what Resume continues)."""
+        return self._get("FineTuneFolder", "")
+
+    @fine_tune_folder.setter
+    def fine_tune_folder(self, value: str | Path) -> None:
+        self._set("FineTuneFolder", value)
+
+    # nodes
+    @property
+    def input_volume(self) -> slicer.vtkMRMLScalarVolumeNode | None:
+        return self.node.GetNodeReference("InputVolume")
+
+    @input_volume.setter
+    def input_volume(self, node: slicer.vtkMRMLNode | None) -> None:
+        self.node.SetNodeReferenceID("InputVolume", node.GetID() if node else None)
+
+    @property
+    def output_segmentation(self) -> slicer.vtkMRMLSegmentationNode | None:
+        """``None``: create a new segmentation; a node: replace its left-atrium segment."""
+        return self.node.GetNodeReference("OutputSegmentation")
+
+    @output_segmentation.setter
+    def output_segmentation(self, node: slicer.vtkMRMLNode | None) -> None:
+        self.node.SetNodeReferenceID("OutputSegmentation", node.GetID() if node else None)
+
+    @property
+    def labeled_pairs(self) -> list[LabeledPair]:
+        volumes = _nth_references(self.node, "LabeledVolume")
+        segmentations = _nth_references(self.node, "LabeledSegmentation")
+        segment_ids = json.loads(self._get("LabeledSegmentIds", "[]"))
+        return [
+            LabeledPair(v, s, sid)
+            for v, s, sid in zip(volumes, segmentations, segment_ids, strict=False)
+            if v is not None and s is not None
+        ]
+
+    @labeled_pairs.setter
+    def labeled_pairs(self, pairs: Sequence[LabeledPair]) -> None:
+        _set_nth_references(self.node, "LabeledVolume", [p.volume for p in pairs])
+        _set_nth_references(self.node, "LabeledSegmentation", [p.segmentation for p in pairs])
+        self._set("LabeledSegmentIds", json.dumps([p.segment_id for p in pairs]))
+
+    @property
+    def unlabeled_volumes(self) -> list[slicer.vtkMRMLScalarVolumeNode]:
+        return [n for n in _nth_references(self.node, "UnlabeledVolume") if n is not None]
+
+    @unlabeled_volumes.setter
+    def unlabeled_volumes(self, nodes: Sequence[slicer.vtkMRMLNode]) -> None:
+        _set_nth_references(self.node, "UnlabeledVolume", list(nodes))
+
+
+def _nth_references(node: slicer.vtkMRMLNode, role: str) -> list[Any]:
+    return [node.GetNthNodeReference(role, i) for i in range(node.GetNumberOfNodeReferences(role))]
+
+
+def _set_nth_references(node: slicer.vtkMRMLNode, role: str, nodes: Sequence[Any]) -> None:
+    node.RemoveNodeReferenceIDs(role)
+    for i, target in enumerate(nodes):
+        node.SetNthNodeReferenceID(role, i, target.GetID())
+
+
+@dataclasses.dataclass(frozen=True)
+class LabeledPair:
+    """One fine-tuning example: a volume and the segment that labels it."""
+
+    volume: Any  # vtkMRMLScalarVolumeNode
+    segmentation: Any  # vtkMRMLSegmentationNode
+    segment_id: str
+
+    def describe(self) -> str:
+        segment = self.segmentation.GetSegmentation().GetSegment(self.segment_id)
+        name = segment.GetName() if segment is not None else self.segment_id
+        return f"{self.volume.GetName()} / {self.segmentation.GetName()} / {name}"
+
+
+# ---------------------------------------------------------------------------------- tasks
+class Task:
+    """A running Segment or Fine-tune job as the GUI sees it.
+
+    Call :meth:`poll` from a timer; read :attr:`state`, :attr:`progress` (0..1 or ``None``
+    when unknown), :attr:`status`, :attr:`eta_s`, :attr:`elapsed_s`, :attr:`error`.
+    """
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.progress: float | None = None
+        self.status = "starting"
+        self.eta_s: float | None = None
+        self.error: str | None = None
+        self._failed_after_job = False
+
+    @property
+    def state(self) -> JobState:
+        return JobState.FAILED if self._failed_after_job else self.job.state
+
+    @property
+    def elapsed_s(self) -> float:
+        return self.job.elapsed_s
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Read new events, update progress and, once the job has ended, finish up."""
+        was_final = self.job.state.is_final
+        events = self.job.poll()
+        for event in events:
+            self._on_event(event)
+        if self.job.state.is_final and not was_final:
+            self._on_end()
+        return events
+
+    def wait(self, timeout: float | None = None, interval: float = 0.1) -> JobState:
+        """Block until the task ends (tests, the self-test); the GUI polls instead."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.poll()
+        while not self.state.is_final:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            time.sleep(interval)
+            self.poll()
+        return self.state
+
+    def cancel(self, grace_s: float = CANCEL_GRACE_S) -> None:
+        """Ask the job to stop; later polls kill it if it is still there after ``grace_s``."""
+        self.status = "cancelling"
+        self.job.cancel(grace_s=grace_s, wait=False)
+
+    def _on_event(self, event: dict[str, Any]) -> None:  # pragma: no cover - overridden
+        pass
+
+    def _on_end(self) -> None:
+        state = self.job.state
+        if state is JobState.FAILED:
+            self.error = self.job.error_message()
+            self.status = "failed"
+            log.error("job in %s failed: %s", self.job.folder, self.error)
+        elif state is JobState.CANCELLED:
+            self.status = "cancelled"
+        else:
+            try:
+                self._on_success()
+            except Exception as exc:  # shown to the user; the traceback goes to the log
+                log.exception("finishing the job in %s failed", self.job.folder)
+                self._failed_after_job = True
+                self.error = str(exc)
+                self.status = "failed"
+
+    def _on_success(self) -> None:
+        self.progress = 1.0
+        self.eta_s = 0.0
+        self.status = "completed"
+
+
+class SegmentTask(Task):
+    """``dkuxnet predict`` on one volume; the result becomes a segmentation node."""
+
+    def __init__(
+        self,
+        job: Job,
+        volume_node: slicer.vtkMRMLVolumeNode,
+        output_path: Path,
+        segmentation_node: slicer.vtkMRMLSegmentationNode | None = None,
+        keep_folder: bool = False,
+    ) -> None:
+        super().__init__(job)
+        self.scene = volume_node.GetScene()
+        self.volume_node_id = volume_node.GetID()
+        self.segmentation_node_id = segmentation_node.GetID() if segmentation_node else None
+        self.output_path = output_path
+        self.keep_folder = keep_folder
+        self.result: slicer.vtkMRMLSegmentationNode | None = None
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "progress":
+            stage = str(event.get("stage", ""))
+            done, total = event.get("done"), event.get("total")
+            low, high = PREDICT_STAGES.get(stage, (self.progress or 0.0, self.progress or 0.0))
+            fraction = done / total if isinstance(done, int | float) and total else 0.0
+            self.progress = low + (high - low) * min(max(fraction, 0.0), 1.0)
+            self.status = f"{stage} {done}/{total}" if total else stage
+        elif kind == "started":
+            self.progress = 0.0
+            self.status = f"started on {event.get('device', '?')}"
+
+    def _on_success(self) -> None:
+        volume_node = self.scene.GetNodeByID(self.volume_node_id)
+        if volume_node is None:
+            raise InputError("the input volume was removed from the scene while segmenting")
+        target = (
+            self.scene.GetNodeByID(self.segmentation_node_id) if self.segmentation_node_id else None
+        )
+        label = read_volume(self.output_path, what="prediction")
+        self.result = slicer_bridge.import_label(label, volume_node, segmentation_node=target)
+        super()._on_success()
+        if not self.keep_folder:
+            shutil.rmtree(self.job.folder, ignore_errors=True)
+
+
+class FineTuneTask(Task):
+    """``dkuxnet train`` on exported pairs; losses and Dice go to table and plot nodes."""
+
+    def __init__(self, job: Job, run_dir: Path, plots: TrainingPlots) -> None:
+        super().__init__(job)
+        self.run_dir = run_dir
+        self.plots = plots
+        self.best_dice: float | None = None
+        self.iteration = 0
+        self.total: int | None = None
+        self.model_path: Path | None = None
+        self.it_per_s: float | None = None
+
+    def cancel(self, grace_s: float | None = None) -> None:
+        """Ask training to stop after its current iteration (it then saves ``last.pt``).
+
+        The default grace period covers three iterations at the measured speed (at least
+        :data:`CANCEL_GRACE_S`): on a CPU one iteration can take minutes.
+        """
+        if grace_s is None:
+            grace_s = CANCEL_GRACE_S
+            if self.it_per_s:
+                grace_s = max(grace_s, 3.0 / self.it_per_s)
+        super().cancel(grace_s)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "started":
+            self.total = event.get("total") or self.total
+            self.iteration = int(event.get("resumed_from") or 0)
+            self.status = f"started on {event.get('device', '?')}"
+        elif kind == "iteration":
+            self.iteration = int(event["iteration"])
+            self.total = event.get("total") or self.total
+            if self.total:
+                self.progress = min(self.iteration / self.total, 1.0)
+                rate = event.get("it_per_s")
+                if isinstance(rate, int | float) and rate > 0:
+                    self.it_per_s = float(rate)
+                    self.eta_s = (self.total - self.iteration) / rate
+            losses = event.get("losses") or {}
+            self.plots.add_losses(self.iteration, losses)
+            total_loss = losses.get("total", next(iter(losses.values()), None))
+            self.status = f"iteration {self.iteration}/{self.total}" + (
+                f", loss {total_loss:.4f}" if isinstance(total_loss, int | float) else ""
+            )
+        elif kind == "validation":
+            mean = event.get("mean_dice")
+            if isinstance(mean, int | float):
+                self.plots.add_dice(int(event["iteration"]), float(mean))
+                self.best_dice = max(self.best_dice or 0.0, float(mean))
+        elif kind == "checkpoint" and event.get("kind") == "best":
+            self.model_path = Path(event["path"])
+
+    def _on_success(self) -> None:
+        for name in ("best.pt", "last.pt"):
+            if (self.run_dir / name).is_file():
+                self.model_path = self.run_dir / name
+                break
+        else:
+            raise InputError(f"training ended but wrote no model in {self.run_dir}")
+        super()._on_success()
+        if self.best_dice is not None:
+            self.status += f", best validation Dice {self.best_dice:.3f}"
+
+
+# ---------------------------------------------------------------------------------- plots
+class TrainingPlots:
+    """Table and plot chart nodes with the loss curves and validation Dice of one run."""
+
+    X = "iteration"
+
+    def __init__(self, scene: slicer.vtkMRMLScene, name: str = "DKUXNet fine-tuning") -> None:
+        self.scene = scene
+        self.loss_table = self._table(f"{name} losses")
+        self.dice_table = self._table(f"{name} validation Dice")
+        self.loss_chart = self._chart(f"{name} loss", "loss")
+        self.dice_chart = self._chart(f"{name} validation Dice", "mean Dice")
+        self._add_column(self.dice_table, "mean Dice")
+        self._series(self.dice_chart, self.dice_table, "mean Dice", (0.1, 0.6, 0.2))
+
+    def add_losses(self, iteration: int, losses: dict[str, Any]) -> None:
+        """Append one row; a loss seen for the first time gets a column and a curve."""
+        for name in losses:
+            if self._column(self.loss_table, name) is None:
+                self._add_column(self.loss_table, name)
+                colour = _PALETTE[(self.loss_table.GetNumberOfColumns() - 2) % len(_PALETTE)]
+                self._series(self.loss_chart, self.loss_table, name, colour)
+        self._append(self.loss_table, iteration, losses)
+
+    def add_dice(self, iteration: int, mean_dice: float) -> None:
+        self._append(self.dice_table, iteration, {"mean Dice": mean_dice})
+
+    def clear(self) -> None:
+        for table in (self.loss_table, self.dice_table):
+            t = table.GetTable()
+            for i in range(t.GetNumberOfColumns()):
+                t.GetColumn(i).SetNumberOfTuples(0)
+            t.Modified()
+            table.Modified()
+
+    def replay(self, events: Iterable[dict[str, Any]]) -> None:
+        """Fill the tables from an existing event file (resuming, reloading)."""
+        for event in events:
+            if event.get("event") == "iteration":
+                self.add_losses(int(event["iteration"]), event.get("losses") or {})
+            elif event.get("event") == "validation" and event.get("mean_dice") is not None:
+                self.add_dice(int(event["iteration"]), float(event["mean_dice"]))
+
+    def nodes(self) -> list[slicer.vtkMRMLNode]:
+        return [self.loss_table, self.dice_table, self.loss_chart, self.dice_chart]
+
+    # internals
+    def _table(self, name: str) -> slicer.vtkMRMLTableNode:
+        table = self.scene.AddNewNodeByClass(
+            "vtkMRMLTableNode", self.scene.GenerateUniqueName(name)
+        )
+        self._add_column(table, self.X)
+        return table
+
+    def _chart(self, title: str, y_title: str) -> slicer.vtkMRMLPlotChartNode:
+        chart = self.scene.AddNewNodeByClass(
+            "vtkMRMLPlotChartNode", self.scene.GenerateUniqueName(title)
+        )
+        chart.SetTitle(title)
+        chart.SetXAxisTitle(self.X)
+        chart.SetYAxisTitle(y_title)
+        return chart
+
+    def _series(self, chart, table, column: str, colour: tuple[float, float, float]) -> None:
+        series = self.scene.AddNewNodeByClass(
+            "vtkMRMLPlotSeriesNode", self.scene.GenerateUniqueName(column)
+        )
+        series.SetAndObserveTableNodeID(table.GetID())
+        series.SetXColumnName(self.X)
+        series.SetYColumnName(column)
+        series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+        series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
+        series.SetColor(*colour)
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
+
+    @staticmethod
+    def _column(table: slicer.vtkMRMLTableNode, name: str):
+        return table.GetTable().GetColumnByName(name)
+
+    @staticmethod
+    def _add_column(table: slicer.vtkMRMLTableNode, name: str) -> None:
+        column = vtk.vtkDoubleArray()
+        column.SetName(name)
+        column.SetNumberOfTuples(table.GetNumberOfRows())
+        column.Fill(math.nan)  # earlier rows did not have this value
+        table.AddColumn(column)
+
+    def _append(self, table: slicer.vtkMRMLTableNode, iteration: int, values: dict) -> None:
+        t = table.GetTable()
+        for i in range(t.GetNumberOfColumns()):
+            column = t.GetColumn(i)
+            name = column.GetName()
+            value = iteration if name == self.X else values.get(name, math.nan)
+            column.InsertNextValue(float(value) if isinstance(value, int | float) else math.nan)
+        t.Modified()
+        table.Modified()
+
+
+_PALETTE = [(0.85, 0.33, 0.1), (0.0, 0.45, 0.74), (0.49, 0.18, 0.56), (0.47, 0.67, 0.19)]
+
+
+# ---------------------------------------------------------------------------------- the logic
+class DKUXNetLogic:
+    """Starts Segment and Fine-tune jobs for nodes of one scene.
+
+    Args:
+        scene: the MRML scene (``slicer.mrmlScene`` in the application).
+        jobs_dir: where temporary job folders go (Segment jobs are deleted when imported).
+        runs_dir: where fine-tuning runs are kept (the new models live there).
+        python_executable: the interpreter of the child (``PythonSlicer`` in Slicer).
+        command_factory: ``dkuxnet`` arguments -> full command line; the default runs
+            ``python -m dkuxnet``. Tests inject a stand-in child here.
+    """
+
+    def __init__(
+        self,
+        scene: slicer.vtkMRMLScene,
+        jobs_dir: str | Path,
+        runs_dir: str | Path | None = None,
+        python_executable: str | None = None,
+        command_factory: CommandFactory | None = None,
+    ) -> None:
+        self.scene = scene
+        self.jobs_dir = Path(jobs_dir)
+        self.runs_dir = Path(runs_dir) if runs_dir else self.jobs_dir / "runs"
+        self.command_factory: CommandFactory = command_factory or (
+            lambda args: dkuxnet_command(args, python_executable)
+        )
+
+    # Segment
+    def start_segment(
+        self,
+        volume_node: slicer.vtkMRMLVolumeNode,
+        model: str | Path,
+        device: str = "auto",
+        tta: bool = False,
+        segmentation_node: slicer.vtkMRMLSegmentationNode | None = None,
+        keep_folder: bool = False,
+    ) -> SegmentTask:
+        """Export the volume and start ``dkuxnet predict`` on it; returns the running task.
+
+        ``segmentation_node=None`` makes a new segmentation; a node is replaced (its
+        left-atrium segment), which only happens when the user chose it.
+        """
+        _check_device(device)
+        folder = _new_job_folder(self.jobs_dir, "segment")
+        input_path = folder / "input.nrrd"
+        write_volume(slicer_bridge.volume_from_node(volume_node), input_path)
+        output_path = folder / "prediction.nrrd"
+        args = ["predict", "--model", str(model), "--input", str(input_path)]
+        args += ["--output", str(output_path), "--device", device, "--events"]
+        args += [str(folder / EVENTS_FILE)] + (["--tta"] if tta else [])
+        config = {"task": "segment", "volume": volume_node.GetName(), "model": str(model)}
+        job = Job(folder, self.command_factory(args), config=config).start()
+        return SegmentTask(job, volume_node, output_path, segmentation_node, keep_folder)
+
+    # Fine-tune
+    def start_fine_tune(
+        self,
+        pairs: Sequence[LabeledPair],
+        unlabeled: Sequence[slicer.vtkMRMLVolumeNode] = (),
+        iterations: int = 1000,
+        init_model: str | Path | None = None,
+        device: str = "auto",
+        extra_settings: Sequence[str] = (),
+    ) -> FineTuneTask:
+        """Export the examples and start ``dkuxnet train``; returns the running task.
+
+        Args:
+            pairs: labeled examples (at least one).
+            unlabeled: volumes used by the semi-supervised branch.
+            iterations: training iterations.
+            init_model: start from this checkpoint (the current model) instead of scratch.
+            device: ``auto``, ``cpu`` or ``cuda``.
+            extra_settings: ``section.key=value`` overrides passed as ``--set``.
+        """
+        _check_device(device)
+        if not pairs:
+            raise InputError("add at least one labeled volume (volume + segmentation + segment)")
+        if iterations < 1:
+            raise InputError("iterations must be at least 1")
+        folder = _new_job_folder(self.runs_dir, "finetune")
+        export_datalist(folder, pairs, unlabeled)
+        args = ["train", "--data", str(folder / "datalist.json"), "--out", str(folder / "run")]
+        args += ["--iterations", str(iterations), "--device", device, "--quiet"]
+        if init_model:
+            args += ["--init", str(init_model)]
+        for setting in extra_settings:
+            args += ["--set", setting]
+        config = {"task": "fine-tune", "iterations": iterations, "device": device}
+        config["init_model"] = str(init_model) if init_model else None
+        (folder / "finetune.json").write_text(json.dumps({"args": args[1:], **config}, indent=2))
+        return self._start_training(folder, args, config, resume=False)
+
+    def resume_fine_tune(
+        self, folder: str | Path, plots: TrainingPlots | None = None
+    ) -> FineTuneTask:
+        """Continue a cancelled or failed fine-tuning run from its ``last.pt``."""
+        folder = Path(folder)
+        settings_file = folder / "finetune.json"
+        if not settings_file.is_file():
+            raise InputError(f"{folder} is not a fine-tuning folder of this module")
+        settings = json.loads(settings_file.read_text())
+        if not (folder / "run" / "last.pt").is_file():
+            raise InputError(f"{folder / 'run'} has no last.pt to resume from")
+        args = ["train", *settings["args"], "--resume"]
+        return self._start_training(folder, args, settings, resume=True, plots=plots)
+
+    def _start_training(
+        self,
+        folder: Path,
+        args: list[str],
+        config: dict[str, Any],
+        resume: bool,
+        plots: TrainingPlots | None = None,
+    ) -> FineTuneTask:
+        run_dir = folder / "run"
+        events_path = run_dir / EVENTS_FILE
+        if plots is None:
+            plots = TrainingPlots(self.scene, name=f"DKUXNet {folder.name}")
+            plots.replay(read_events(events_path))  # history of a resumed run
+        job = Job(
+            folder,
+            self.command_factory(args),
+            events_path=events_path,
+            config=config,
+            skip_existing_events=resume,
+        ).start()
+        return FineTuneTask(job, run_dir, plots)
+
+    @staticmethod
+    def adopt_model(task: FineTuneTask, parameters: Parameters) -> None:
+        """Make a finished run's model the one Segment uses."""
+        if task.state is not JobState.COMPLETED or task.model_path is None:
+            raise InputError("the fine-tuning run has not completed")
+        parameters.model_source = "run"
+        parameters.model_path = str(task.run_dir)
+
+
+def export_datalist(
+    folder: Path,
+    pairs: Sequence[LabeledPair],
+    unlabeled: Sequence[slicer.vtkMRMLVolumeNode] = (),
+) -> Path:
+    """Write the examples as NRRD under ``folder/data`` and a MONAI-style datalist.
+
+    Each label is the chosen segment exported on the grid of its volume (0/1). Paths in the
+    datalist are relative to it, so the folder can be moved.
+    """
+    data = folder / "data"
+    training: list[dict[str, str]] = []
+    for i, pair in enumerate(pairs):
+        image = slicer_bridge.volume_from_node(pair.volume)
+        label = slicer_bridge.export_segment(pair.segmentation, pair.segment_id, pair.volume)
+        if not label.array.any():
+            raise InputError(f"the segment of {pair.describe()} is empty")
+        image_path = write_volume(image, data / f"labeled_{i:03d}_image.nrrd")
+        label_path = write_volume(label, data / f"labeled_{i:03d}_label.nrrd")
+        training.append(
+            {
+                "image": image_path.relative_to(folder).as_posix(),
+                "label": label_path.relative_to(folder).as_posix(),
+            }
+        )
+    unlabeled_items = []
+    for i, node in enumerate(unlabeled):
+        path = write_volume(
+            slicer_bridge.volume_from_node(node), data / f"unlabeled_{i:03d}_image.nrrd"
+        )
+        unlabeled_items.append({"image": path.relative_to(folder).as_posix()})
+    datalist = folder / "datalist.json"
+    datalist.write_text(
+        json.dumps({"training": training, "unlabeled": unlabeled_items}, indent=2) + "\n"
+    )
+    return datalist
+
+
+def _check_device(device: str) -> None:
+    if device not in DEVICES:
+        raise InputError(f"device must be one of {DEVICES}, got {device!r}")

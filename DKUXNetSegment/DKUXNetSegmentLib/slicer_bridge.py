@@ -1,0 +1,246 @@
+"""MRML nodes <-> :class:`dkuxnet.io.Volume`: the only code that touches MRML voxel arrays.
+
+Needs only the ``slicer`` namespace (MRML, ``slicer.util`` array helpers and the static methods
+of ``vtkSlicerSegmentationsModuleLogic``), never ``slicer.app``, ``slicer.modules`` or qt, so it
+runs both inside Slicer and on the ``slicer-core`` package that the tests use.
+
+Coordinates. Slicer stores a volume's geometry as one IJK->RAS matrix; ``Volume`` (like ITK and
+NRRD files as SimpleITK reads them) uses LPS: ``origin`` (x, y, z), ``spacing`` (x, y, z) and a
+``direction`` matrix whose columns are the i, j, k axes. The two differ by negating x and y::
+
+    IJKToRAS[:3, :4] = diag(-1, -1, 1) @ [direction @ diag(spacing) | origin]
+
+This module is the one place where that conversion happens (:func:`ijk_to_ras_from_volume`
+and :func:`volume_geometry_from_ijk_to_ras`). Arrays are (k, j, i) = (z, y, x) on both sides.
+
+Parent transforms are not hardened: a volume under a transform yields its local geometry, and a
+segmentation created from it is placed under the same transform.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+import slicer
+import vtk
+from dkuxnet.io import Volume
+
+log = logging.getLogger(__name__)
+
+RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
+LEFT_ATRIUM = "Left atrium"
+# Slicer's GenericAnatomyColors has no left atrium; this is the warm red Slicer uses for
+# heart chambers, readable on both MR and CT grey levels.
+LEFT_ATRIUM_COLOR = (0.808, 0.298, 0.337)
+DEFAULT_SEGMENT_NAMES: Mapping[int, str] = {1: LEFT_ATRIUM}
+
+
+# ---------------------------------------------------------------------------------- geometry
+def ijk_to_ras_from_volume(volume: Volume) -> np.ndarray:
+    """The 4x4 IJK->RAS matrix of a (LPS) ``Volume``."""
+    spacing = np.asarray(volume.spacing, dtype=float)
+    direction = np.asarray(volume.direction, dtype=float).reshape(3, 3)
+    matrix = np.eye(4)
+    matrix[:3, :3] = RAS_FROM_LPS @ direction @ np.diag(spacing)
+    matrix[:3, 3] = RAS_FROM_LPS @ np.asarray(volume.origin, dtype=float)
+    return matrix
+
+
+def volume_geometry_from_ijk_to_ras(
+    matrix: np.ndarray,
+) -> tuple[tuple[float, float, float], tuple[float, float, float], np.ndarray]:
+    """``(spacing, origin, direction)`` in LPS from a 4x4 IJK->RAS matrix."""
+    lps = RAS_FROM_LPS @ np.asarray(matrix, dtype=float)[:3, :4]
+    spacing = np.linalg.norm(lps[:, :3], axis=0)
+    direction = lps[:, :3] / spacing
+    s = (float(spacing[0]), float(spacing[1]), float(spacing[2]))
+    o = (float(lps[0, 3]), float(lps[1, 3]), float(lps[2, 3]))
+    return s, o, direction
+
+
+def _ijk_to_ras_of(node: slicer.vtkMRMLVolumeNode) -> np.ndarray:
+    vtk_matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(vtk_matrix)
+    return slicer.util.arrayFromVTKMatrix(vtk_matrix)
+
+
+# ---------------------------------------------------------------------------------- volumes
+def volume_from_node(node: slicer.vtkMRMLVolumeNode) -> Volume:
+    """A copy of a scalar or labelmap volume node's voxels and geometry."""
+    if node is None or node.GetImageData() is None:
+        raise ValueError(f"volume node {getattr(node, 'GetName', lambda: None)()!r} has no image")
+    array = np.array(slicer.util.arrayFromVolume(node), copy=True)
+    spacing, origin, direction = volume_geometry_from_ijk_to_ras(_ijk_to_ras_of(node))
+    return Volume(array=array, spacing=spacing, origin=origin, direction=direction)
+
+
+def update_node_from_volume(node: slicer.vtkMRMLVolumeNode, volume: Volume) -> None:
+    """Set a volume node's voxels and geometry from a ``Volume``."""
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(volume.array))
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras_from_volume(volume)))
+    node.Modified()
+
+
+def add_volume_node(
+    scene: slicer.vtkMRMLScene,
+    volume: Volume,
+    name: str,
+    class_name: str = "vtkMRMLScalarVolumeNode",
+) -> slicer.vtkMRMLVolumeNode:
+    """A new volume node in ``scene`` holding ``volume`` (e.g. a phantom in the self-test)."""
+    node = scene.AddNewNodeByClass(class_name, name)
+    update_node_from_volume(node, volume)
+    return node
+
+
+# ---------------------------------------------------------------------------------- segmentations
+def new_segmentation_node(
+    reference_node: slicer.vtkMRMLVolumeNode, name: str | None = None
+) -> slicer.vtkMRMLSegmentationNode:
+    """An empty segmentation node named after ``reference_node`` and placed on its grid."""
+    scene = reference_node.GetScene()
+    name = name or f"{reference_node.GetName()} segmentation"
+    seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
+    seg_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
+    seg_node.SetAndObserveTransformNodeID(reference_node.GetTransformNodeID())
+    seg_node.CreateDefaultDisplayNodes()
+    return seg_node
+
+
+def import_label(
+    label: Volume,
+    reference_node: slicer.vtkMRMLVolumeNode,
+    segmentation_node: slicer.vtkMRMLSegmentationNode | None = None,
+    segment_names: Mapping[int, str] = DEFAULT_SEGMENT_NAMES,
+    color: tuple[float, float, float] = LEFT_ATRIUM_COLOR,
+    closed_surface: bool = True,
+) -> slicer.vtkMRMLSegmentationNode:
+    """Put a label map into a segmentation node, one segment per label value.
+
+    Args:
+        label: integer label map (0 = background) on the grid of ``reference_node``.
+        reference_node: the volume the label was computed from; it is only read.
+        segmentation_node: ``None`` (the default) creates a new node named after the volume.
+            An existing node is what the user asked to be replaced: segments with the same
+            names are replaced, the user's other segments are kept.
+        segment_names: label value -> segment name; other values become "Label N".
+        color: colour of the first segment (the left atrium).
+        closed_surface: also build the 3D (closed surface) representation.
+
+    Returns:
+        The segmentation node; its segment IDs follow ``segment_names`` order.
+    """
+    scene = reference_node.GetScene()
+    if segmentation_node is None:
+        segmentation_node = new_segmentation_node(reference_node)
+    segmentation = segmentation_node.GetSegmentation()
+    values = [int(v) for v in np.unique(label.array) if v != 0]
+    wanted = {v: segment_names.get(v, f"Label {v}") for v in values} or dict(segment_names)
+    for name in wanted.values():
+        old_id = segmentation.GetSegmentIdBySegmentName(name)
+        if old_id:
+            segmentation.RemoveSegment(old_id)
+
+    before = set(_segment_ids(segmentation_node))
+    if values:
+        label_node = add_volume_node(
+            scene, _as_uint_label(label), "dkuxnet temporary label", "vtkMRMLLabelMapVolumeNode"
+        )
+        try:
+            ok = slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+                label_node, segmentation_node
+            )
+        finally:
+            _remove_node(label_node)
+        if not ok:
+            raise RuntimeError("importing the label map into the segmentation failed")
+    new_ids = [sid for sid in _segment_ids(segmentation_node) if sid not in before]
+    # ImportLabelmapToSegmentationNode adds one segment per value, in increasing value order.
+    for value, segment_id in zip(values, new_ids, strict=True):
+        segment = segmentation.GetSegment(segment_id)
+        segment.SetName(wanted[value])
+        if value == min(values):
+            segment.SetColor(*color)
+    if not values:
+        log.warning("the label map is empty; adding empty segment(s) %s", list(wanted.values()))
+        for name in wanted.values():
+            segmentation.AddEmptySegment("", name, list(color))
+
+    if segmentation_node.GetDisplayNode() is None:
+        segmentation_node.CreateDefaultDisplayNodes()
+    display = segmentation_node.GetDisplayNode()
+    display.SetVisibility2D(True)
+    display.SetVisibility3D(True)
+    if closed_surface and not segmentation_node.CreateClosedSurfaceRepresentation():
+        log.warning("could not create the 3D (closed surface) representation")
+    return segmentation_node
+
+
+def export_segment(
+    segmentation_node: slicer.vtkMRMLSegmentationNode,
+    segment_id: str,
+    reference_node: slicer.vtkMRMLVolumeNode,
+) -> Volume:
+    """One segment as a 0/1 uint8 label ``Volume`` on the grid of ``reference_node``."""
+    segmentation = segmentation_node.GetSegmentation()
+    if segmentation.GetSegment(segment_id) is None:
+        raise ValueError(
+            f"segmentation {segmentation_node.GetName()!r} has no segment {segment_id!r}"
+        )
+    scene = segmentation_node.GetScene()
+    label_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "dkuxnet temporary export")
+    try:
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(segment_id)
+        ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+            segmentation_node, ids, label_node, reference_node
+        )
+        if not ok:
+            raise RuntimeError(f"exporting segment {segment_id!r} failed")
+        exported = volume_from_node(label_node)
+    finally:
+        _remove_node(label_node)
+    array = (exported.array > 0).astype(np.uint8)
+    return Volume(
+        array=array, spacing=exported.spacing, origin=exported.origin, direction=exported.direction
+    )
+
+
+def segment_ids(segmentation_node: slicer.vtkMRMLSegmentationNode) -> list[str]:
+    """The IDs of all segments of a segmentation node, in order."""
+    return _segment_ids(segmentation_node)
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _segment_ids(segmentation_node: slicer.vtkMRMLSegmentationNode) -> list[str]:
+    segmentation = segmentation_node.GetSegmentation()
+    return [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+
+
+def _as_uint_label(label: Volume) -> Volume:
+    array = np.asarray(label.array)
+    if array.dtype.kind not in "ui" or array.min() < 0:
+        raise ValueError(f"a label map must hold non-negative integers, got {array.dtype}")
+    if array.dtype != np.uint8 and array.max() <= 255:
+        array = array.astype(np.uint8)
+    return Volume(
+        array=array, spacing=label.spacing, origin=label.origin, direction=label.direction
+    )
+
+
+def _remove_node(node: slicer.vtkMRMLNode) -> None:
+    scene = node.GetScene()
+    if scene is None:
+        return
+    if hasattr(node, "GetNumberOfDisplayNodes"):
+        display_ids = [node.GetNthDisplayNodeID(i) for i in range(node.GetNumberOfDisplayNodes())]
+        for display_id in display_ids:
+            display = scene.GetNodeByID(display_id) if display_id else None
+            if display is not None:
+                scene.RemoveNode(display)
+    storage = node.GetStorageNode() if hasattr(node, "GetStorageNode") else None
+    if storage is not None:
+        scene.RemoveNode(storage)
+    scene.RemoveNode(node)

@@ -1,0 +1,331 @@
+"""Background jobs: run ``dkuxnet predict|train`` as a child process and follow its events.
+
+Shared by the Slicer module (which polls with a timer and must never block) and anything else
+that wants a long computation out of its own process. A job is a folder::
+
+    JOB/
+      job.json        the command line, start time and anything the caller adds (config)
+      job.log         the child's stdout and stderr, appended; its tail explains a failure
+      events.jsonl    progress events (see dkuxnet.events); the path can be elsewhere, e.g.
+                      a training run folder inside the job folder
+
+The child runs in its own process group (its own console process group on Windows), so that
+``cancel()`` reaches the whole process tree, data-loader workers included: a polite signal
+first (SIGTERM / CTRL_BREAK), which lets training finish its iteration and save ``last.pt``,
+then, after ``grace_s``, a kill of everything that is left.
+
+The state comes from the process exit code and the final ``finished`` event, never from text.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from dkuxnet.events import EVENTS_FILE, EventReader, read_events
+
+log = logging.getLogger(__name__)
+
+JOB_FILE = "job.json"
+LOG_FILE = "job.log"
+IS_WINDOWS = sys.platform == "win32"
+
+
+class JobState(str, enum.Enum):
+    """Where a job is in its life; the last three are final."""
+
+    NOT_STARTED = "not_started"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.CANCELLED, JobState.FAILED)
+
+
+def package_root() -> Path:
+    """The folder that holds the ``dkuxnet`` package (the Slicer module folder)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def dkuxnet_command(args: Sequence[str], python_executable: str | None = None) -> list[str]:
+    """The command line of ``python -m dkuxnet ARGS``.
+
+    Args:
+        args: the subcommand and its arguments, e.g. ``["predict", "--model", ...]``.
+        python_executable: the interpreter; in Slicer this is ``PythonSlicer``. Defaults to the
+            interpreter running this code.
+    """
+    return [python_executable or sys.executable, "-m", "dkuxnet", *map(str, args)]
+
+
+def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment, with ``dkuxnet`` importable and unbuffered output.
+
+    Slicer puts scripted-module folders on ``sys.path`` at run time, not in ``PYTHONPATH``, so a
+    child ``PythonSlicer`` would not find the package without the first entry added here.
+    """
+    env = dict(os.environ)
+    paths = [str(package_root())]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+class Job:
+    """One child process with its job folder, event stream and log.
+
+    Args:
+        folder: the job folder (created if missing).
+        command: the full command line (see :func:`dkuxnet_command`).
+        events_path: where the child writes its events; ``folder/events.jsonl`` by default.
+        env: the child's environment; :func:`child_environment` by default.
+        config: extra JSON-able information recorded in ``job.json`` (e.g. the node names).
+        skip_existing_events: do not report events already in ``events_path`` when the job
+            starts (resuming a training run that appends to its old event file).
+
+    Typical use (non-blocking): ``job.start()``; then, from a timer, ``for e in job.poll(): ...``
+    until ``job.state.is_final``.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        command: Sequence[str],
+        *,
+        events_path: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        config: Mapping[str, Any] | None = None,
+        skip_existing_events: bool = False,
+    ) -> None:
+        self.folder = Path(folder)
+        self.command = [str(c) for c in command]
+        self.events_path = Path(events_path) if events_path else self.folder / EVENTS_FILE
+        self.log_path = self.folder / LOG_FILE
+        self.env = dict(env) if env is not None else child_environment()
+        self.config = dict(config or {})
+        self.skip_existing_events = skip_existing_events
+        self.events: list[dict[str, Any]] = []
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+        self._reader = EventReader(self.events_path)
+        self._skip = 0
+        self._returncode: int | None = None
+        self._finished_event: dict[str, Any] | None = None
+        self._cancel_requested = False
+        self._kill_deadline: float | None = None
+        self._state = JobState.NOT_STARTED
+
+    # ------------------------------------------------------------------ life cycle
+    def start(self) -> Job:
+        """Write ``job.json``, open the log and start the child; returns ``self``."""
+        if self._process is not None:
+            raise RuntimeError("job already started")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self.skip_existing_events:
+            self._skip = len(read_events(self.events_path))
+        self.started_at = time.time()
+        record = {"command": self.command, "started_at": self.started_at, **self.config}
+        (self.folder / JOB_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed when the job ends
+        self._log_file.write(f"$ {subprocess.list2cmdline(self.command)}\n".encode())
+        self._log_file.flush()
+        kwargs: dict[str, Any] = {}
+        if IS_WINDOWS:
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+        else:
+            kwargs["start_new_session"] = True  # own session => own process group
+        log.info("starting job in %s: %s", self.folder, " ".join(self.command))
+        try:
+            self._process = subprocess.Popen(
+                self.command,
+                cwd=self.folder,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log_file,
+                stderr=subprocess.STDOUT,
+                **kwargs,
+            )
+        except OSError:
+            self._close_log()
+            raise
+        self._state = JobState.RUNNING
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        """The child's exit code once it has ended (negative: killed by that signal)."""
+        return self._returncode
+
+    @property
+    def state(self) -> JobState:
+        """The current state; call :meth:`poll` to bring it up to date."""
+        return self._state
+
+    @property
+    def elapsed_s(self) -> float:
+        """Seconds since the start, frozen when the job ends."""
+        if self.started_at is None:
+            return 0.0
+        return (self.ended_at or time.time()) - self.started_at
+
+    @property
+    def finished_event(self) -> dict[str, Any] | None:
+        """The child's ``finished`` event, if it wrote one."""
+        return self._finished_event
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Return the events written since the last call and update :attr:`state`.
+
+        Never blocks. The exit code is read *before* the events, so when a job is seen to end
+        its last events are in the same answer.
+        """
+        if self._process is None:
+            return []
+        exited = self._state.is_final or self._process.poll() is not None
+        new = self._read_events()
+        if self._state is JobState.RUNNING:
+            if exited:
+                self._on_exit()
+            elif self._kill_deadline is not None and time.monotonic() >= self._kill_deadline:
+                log.warning("job %s ignored the stop request; killing it", self.pid)
+                self._kill_tree()
+        return new
+
+    def wait(self, timeout: float | None = None, interval: float = 0.05) -> JobState:
+        """Block until the job ends (or ``timeout`` seconds pass); returns the state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.poll()
+        while self._state is JobState.RUNNING:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            time.sleep(interval)
+            self.poll()
+        return self._state
+
+    def cancel(self, grace_s: float = 10.0, wait: bool = True) -> None:
+        """Stop the whole process tree: a polite signal now, a kill after ``grace_s``.
+
+        Args:
+            grace_s: seconds the child gets to finish cleanly (training saves ``last.pt``).
+            wait: block until the tree is gone. With ``False`` (a GUI), :meth:`poll` sends the
+                kill once the grace period is over.
+        """
+        if self._process is None or self._state.is_final:
+            return
+        self._cancel_requested = True
+        if self._kill_deadline is None:
+            self._kill_deadline = time.monotonic() + grace_s
+            self._signal_tree(polite=True)
+        if not wait:
+            return
+        try:
+            self._process.wait(timeout=max(0.0, self._kill_deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("job %s did not stop within %.1f s; killing it", self.pid, grace_s)
+        self._kill_tree()
+        self.poll()
+
+    # ------------------------------------------------------------------ results
+    def log_tail(self, n: int = 40) -> str:
+        """The last ``n`` lines of the child's output (shown to the user on failure)."""
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                return "".join(deque(f, maxlen=n)).rstrip("\n")
+        except FileNotFoundError:
+            return ""
+
+    def error_message(self, n: int = 20) -> str:
+        """Why the job failed: the child's own error when it reported one, else the log tail."""
+        if self._finished_event and self._finished_event.get("error"):
+            return str(self._finished_event["error"])
+        code = self._returncode
+        tail = self.log_tail(n)
+        return f"exit code {code}" + (f"; last output:\n{tail}" if tail else "")
+
+    # ------------------------------------------------------------------ internals
+    def _read_events(self) -> list[dict[str, Any]]:
+        new = self._reader.poll()
+        if self._skip:
+            dropped, new = new[: self._skip], new[self._skip :]
+            self._skip -= len(dropped)
+        for event in new:
+            if event.get("event") == "finished":
+                self._finished_event = event
+        self.events.extend(new)
+        return new
+
+    def _on_exit(self) -> None:
+        assert self._process is not None
+        rc = self._process.wait()
+        self._returncode = rc
+        self.ended_at = time.time()
+        if self._cancel_requested:
+            self._kill_tree()  # grandchildren that outlived their parent
+        self._close_log()
+        status = (self._finished_event or {}).get("status")
+        if status == "cancelled" or (
+            self._cancel_requested and (rc != 0 or status not in (None, "completed"))
+        ):
+            self._state = JobState.CANCELLED
+        elif rc == 0 and status in (None, "completed"):
+            self._state = JobState.COMPLETED
+        else:
+            self._state = JobState.FAILED
+        log.info("job %s ended: %s (exit code %s)", self.pid, self._state.value, rc)
+
+    def _signal_tree(self, polite: bool) -> None:
+        assert self._process is not None
+        pid = self._process.pid
+        try:
+            if IS_WINDOWS:
+                if polite:
+                    os.kill(pid, signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
+                else:
+                    subprocess.run(
+                        ["taskkill", "/T", "/F", "/PID", str(pid)],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                        check=False,
+                    )
+            else:
+                os.killpg(pid, signal.SIGTERM if polite else signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, OSError) as exc:
+            log.debug("signal to job %s not delivered: %s", pid, exc)
+
+    def _kill_tree(self) -> None:
+        self._signal_tree(polite=False)
+        assert self._process is not None
+        try:
+            self._process.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:  # pragma: no cover - unkillable child
+            log.error("job %s survived SIGKILL", self.pid)
+
+    def _close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __repr__(self) -> str:
+        return f"Job(folder={str(self.folder)!r}, state={self._state.value}, pid={self.pid})"

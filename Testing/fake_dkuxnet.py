@@ -1,0 +1,111 @@
+"""A stand-in for ``python -m dkuxnet predict|train`` used by the logic tests.
+
+It speaks the same command line and event protocol as the real commands but needs no model:
+``predict`` thresholds the image at its mean, ``train`` pretends to train for a few iterations
+(a short sleep each), writes ``best.pt``/``last.pt`` and honours SIGTERM like the real trainer.
+``FAKE_DKUXNET_FAIL=1`` in the environment makes either command fail after its first event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from dkuxnet.events import EventWriter
+from dkuxnet.io import read_volume, write_volume
+
+
+def predict(args: argparse.Namespace) -> int:
+    events = EventWriter(args.events, enabled=bool(args.events))
+    events.emit("started", job="predict", total=1, device="cpu", resumed_from=0)
+    if os.environ.get("FAKE_DKUXNET_FAIL"):
+        print("fake predict: model file is corrupt", file=sys.stderr)
+        return 1
+    image = read_volume(args.input)
+    events.emit("progress", stage="reading", done=1, total=1, case="input")
+    windows = 4
+    for i in range(windows):
+        time.sleep(float(os.environ.get("FAKE_DKUXNET_SLEEP", "0.01")))
+        events.emit("progress", stage="predicting", done=i + 1, total=windows, case="input")
+    label = (image.array > image.array.mean()).astype(np.uint8)
+    write_volume(image.with_array(label), args.output)
+    events.emit("progress", stage="writing", done=1, total=1, case="input")
+    events.emit("output", path=args.output, case="input")
+    events.emit("finished", status="completed", error=None)
+    return 0
+
+
+def train(args: argparse.Namespace) -> int:
+    run = Path(args.out)
+    run.mkdir(parents=True, exist_ok=True)
+    events = EventWriter(run / "events.jsonl")
+    datalist = json.loads(Path(args.data).read_text())
+    for item in datalist["training"]:  # the paths resolve relative to the datalist
+        read_volume(Path(args.data).parent / item["image"])
+        read_volume(Path(args.data).parent / item["label"])
+    stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    start = 0
+    if args.resume:
+        start = json.loads((run / "last.pt").read_text())["iteration"]
+    events.emit("started", job="train", total=args.iterations, device="cpu", resumed_from=start)
+    if os.environ.get("FAKE_DKUXNET_FAIL"):
+        events.emit("finished", status="failed", error="fake train: out of memory")
+        return 1
+    delay = float(os.environ.get("FAKE_DKUXNET_SLEEP", "0.01"))
+    it = start
+    for it in range(start + 1, args.iterations + 1):
+        time.sleep(delay)
+        losses = {"total": 1.0 / it, "supervised": 0.6 / it, "consistency": 0.4 / it}
+        events.emit(
+            "iteration",
+            iteration=it,
+            total=args.iterations,
+            losses=losses,
+            lr=1e-3,
+            it_per_s=1.0 / max(delay, 1e-3),
+        )
+        if it % 2 == 0:
+            dice = {"case0": 1.0 - 1.0 / (it + 1)}
+            events.emit("validation", iteration=it, dice=dice, mean_dice=dice["case0"], best=True)
+            (run / "best.pt").write_text(json.dumps({"iteration": it}))
+            events.emit("checkpoint", iteration=it, path=str(run / "best.pt"), kind="best")
+        if stop:
+            break
+    (run / "last.pt").write_text(json.dumps({"iteration": it}))
+    events.emit("checkpoint", iteration=it, path=str(run / "last.pt"), kind="last")
+    events.emit("finished", status="cancelled" if stop else "completed", error=None)
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("predict")
+    p.add_argument("--model", required=True)
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--tta", action="store_true")
+    p.add_argument("--events")
+    t = sub.add_parser("train")
+    t.add_argument("--data", required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument("--init")
+    t.add_argument("--iterations", type=int, default=10)
+    t.add_argument("--resume", action="store_true")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--set", action="append", default=[])
+    t.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    return predict(args) if args.command == "predict" else train(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

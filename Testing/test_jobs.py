@@ -1,0 +1,248 @@
+"""dkuxnet.jobs with real child processes (tiny ``python -c`` scripts, no model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from dkuxnet.jobs import JOB_FILE, Job, JobState, child_environment, dkuxnet_command
+
+POSIX_ONLY = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
+
+
+def script_job(tmp_path: Path, body: str, **kwargs) -> Job:
+    """A job running ``body`` (Python) with ``EVENTS`` bound to the events path."""
+    folder = tmp_path / "job"
+    code = "import json, os, sys, time\nEVENTS = 'events.jsonl'\n" + textwrap.dedent(body)
+    return Job(folder, [sys.executable, "-c", code], **kwargs)
+
+
+EMIT = """
+def emit(_event, **fields):
+    with open(EVENTS, "a") as f:
+        f.write(json.dumps({"event": _event, "time": time.time(), **fields}) + "\\n")
+"""
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); read its state where /proc exists
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.exists():
+        try:
+            return stat.read_text().split(")")[-1].split()[0] != "Z"
+        except OSError:
+            return False
+    return True
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_command_and_environment() -> None:
+    cmd = dkuxnet_command(["predict", "--model", Path("m.pt")], python_executable="PythonSlicer")
+    assert cmd == ["PythonSlicer", "-m", "dkuxnet", "predict", "--model", "m.pt"]
+    env = child_environment({"X_TEST": "1"})
+    import dkuxnet
+
+    root = str(Path(dkuxnet.__file__).resolve().parent.parent)
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == root
+    assert env["PYTHONUNBUFFERED"] == "1" and env["X_TEST"] == "1"
+
+
+def test_events_are_polled_incrementally_and_job_completes(tmp_path: Path) -> None:
+    job = script_job(
+        tmp_path,
+        EMIT
+        + """
+emit("started", job="predict", total=3)
+for i in range(3):
+    emit("progress", stage="predicting", done=i + 1, total=3)
+    time.sleep(0.05)
+print("all done")
+emit("finished", status="completed", error=None)
+""",
+        config={"kind": "test"},
+    )
+    assert job.state is JobState.NOT_STARTED and job.poll() == []
+    job.start()
+    assert job.state is JobState.RUNNING
+    seen: list[dict] = []
+    deadline = time.monotonic() + 20
+    while not job.state.is_final and time.monotonic() < deadline:
+        seen.extend(job.poll())
+        time.sleep(0.02)
+    assert job.state is JobState.COMPLETED and job.returncode == 0
+    assert [e["event"] for e in seen] == ["started"] + ["progress"] * 3 + ["finished"]
+    assert seen == job.events
+    assert job.poll() == []  # nothing twice
+    assert "all done" in job.log_tail(5)
+    record = json.loads((job.folder / JOB_FILE).read_text())
+    assert record["kind"] == "test" and record["command"][0] == sys.executable
+    assert job.elapsed_s > 0 and job.elapsed_s == job.elapsed_s  # frozen after the end
+
+
+def test_half_written_line_is_held_back(tmp_path: Path) -> None:
+    job = script_job(
+        tmp_path,
+        """
+with open(EVENTS, "a") as f:
+    f.write('{"event": "progress", "done": 1}\\n{"event": "progr')
+    f.flush()
+    time.sleep(1.0)
+    f.write('ess", "done": 2}\\n')
+""",
+    )
+    job.start()
+    assert wait_for(lambda: bool(job.poll()) or bool(job.events))
+    assert [e["done"] for e in job.events] == [1]
+    assert job.wait(timeout=20) is JobState.COMPLETED
+    assert [e["done"] for e in job.events] == [1, 2]
+
+
+def test_failure_reports_exit_code_and_log_tail(tmp_path: Path) -> None:
+    job = script_job(
+        tmp_path, "print('line one')\nsys.stderr.write('boom: bad input\\n')\nsys.exit(3)"
+    )
+    job.start()
+    assert job.wait(timeout=20) is JobState.FAILED
+    assert job.returncode == 3
+    assert "boom: bad input" in job.log_tail(2)
+    assert "exit code 3" in job.error_message() and "boom" in job.error_message()
+
+
+def test_failed_event_wins_over_exit_code_zero(tmp_path: Path) -> None:
+    job = script_job(tmp_path, EMIT + "emit('finished', status='failed', error='no labels')")
+    job.start()
+    assert job.wait(timeout=20) is JobState.FAILED
+    assert job.error_message() == "no labels"
+
+
+def test_missing_executable_raises(tmp_path: Path) -> None:
+    job = Job(tmp_path / "job", [str(tmp_path / "no-such-python")])
+    with pytest.raises(OSError):
+        job.start()
+    assert job.state is JobState.NOT_STARTED
+
+
+@POSIX_ONLY
+def test_cancel_graceful_child_reports_cancelled(tmp_path: Path) -> None:
+    """A child that handles SIGTERM like the trainer: finish up, write finished: cancelled."""
+    job = script_job(
+        tmp_path,
+        EMIT
+        + """
+import signal
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+emit("started", job="train", total=1000)
+while not stop:
+    time.sleep(0.02)
+emit("checkpoint", iteration=1, path="last.pt", kind="last")
+emit("finished", status="cancelled", error=None)
+""",
+    )
+    job.start()
+    assert wait_for(lambda: any(e["event"] == "started" for e in job.poll() + job.events))
+    t0 = time.monotonic()
+    job.cancel(grace_s=10)
+    assert time.monotonic() - t0 < 5  # it did not need the kill
+    assert job.state is JobState.CANCELLED
+    assert job.returncode == 0
+    assert [e["event"] for e in job.events][-2:] == ["checkpoint", "finished"]
+
+
+@POSIX_ONLY
+def test_cancel_kills_stubborn_child_and_grandchild(tmp_path: Path) -> None:
+    """SIGTERM ignored by both; the kill after the grace period ends the whole tree."""
+    job = script_job(
+        tmp_path,
+        """
+import signal, subprocess
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = subprocess.Popen([sys.executable, "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+open("grandchild.pid", "w").write(str(child.pid))
+time.sleep(600)
+""",
+    )
+    job.start()
+    pid_file = job.folder / "grandchild.pid"
+    assert wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "")
+    grandchild = int(pid_file.read_text())
+    assert pid_alive(grandchild)
+    t0 = time.monotonic()
+    job.cancel(grace_s=0.5)
+    assert time.monotonic() - t0 < 8
+    assert job.state is JobState.CANCELLED
+    assert job.returncode is not None and job.returncode < 0
+    assert wait_for(lambda: not pid_alive(grandchild), timeout=5)
+
+
+@POSIX_ONLY
+def test_cancel_without_waiting_escalates_in_poll(tmp_path: Path) -> None:
+    """The GUI path: cancel returns at once; later polls send the kill."""
+    job = script_job(
+        tmp_path,
+        "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "open('ready', 'w').close()\ntime.sleep(600)",
+    )
+    job.start()
+    assert wait_for(lambda: (job.folder / "ready").exists())
+    t0 = time.monotonic()
+    job.cancel(grace_s=0.3, wait=False)
+    assert time.monotonic() - t0 < 0.2
+    assert job.state is JobState.RUNNING
+    assert job.wait(timeout=10) is JobState.CANCELLED
+
+
+@POSIX_ONLY
+def test_grandchild_of_gracefully_stopped_child_is_killed(tmp_path: Path) -> None:
+    """The child exits on SIGTERM but its worker ignores it: the worker must not outlive it."""
+    job = script_job(
+        tmp_path,
+        """
+import subprocess
+child = subprocess.Popen([sys.executable, "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+open("grandchild.pid", "w").write(str(child.pid))
+time.sleep(600)
+""",
+    )
+    job.start()
+    pid_file = job.folder / "grandchild.pid"
+    assert wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "")
+    grandchild = int(pid_file.read_text())
+    job.cancel(grace_s=10)
+    assert job.state is JobState.CANCELLED
+    assert wait_for(lambda: not pid_alive(grandchild), timeout=5)
+
+
+def test_skip_existing_events_on_resume(tmp_path: Path) -> None:
+    folder = tmp_path / "job"
+    folder.mkdir()
+    old = [{"event": "iteration", "iteration": 1}, {"event": "finished", "status": "cancelled"}]
+    (folder / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in old))
+    job = script_job(
+        tmp_path,
+        EMIT + "emit('iteration', iteration=2)\nemit('finished', status='completed', error=None)",
+        skip_existing_events=True,
+    )
+    job.start()
+    assert job.wait(timeout=20) is JobState.COMPLETED
+    assert [e.get("iteration") for e in job.events] == [2, None]
+    assert job.finished_event is not None and job.finished_event["status"] == "completed"

@@ -1,0 +1,191 @@
+"""DKUXNetSegmentLib.slicer_bridge on real MRML (the slicer-core package)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from dkuxnet.io import Volume, read_volume, write_volume
+
+pytest.importorskip("slicer", reason="slicer-core is not installed")
+bridge = pytest.importorskip("DKUXNetSegmentLib.slicer_bridge")
+
+
+def oblique_ijk_to_ras() -> np.ndarray:
+    """An oblique, anisotropic IJK->RAS matrix with a non-trivial origin."""
+    a, b = np.deg2rad(20.0), np.deg2rad(-35.0)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    matrix = np.eye(4)
+    matrix[:3, :3] = rz @ rx @ np.diag([0.625, 0.8, 2.5])
+    matrix[:3, 3] = [-41.5, 17.25, 63.0]
+    return matrix
+
+
+def make_volume_node(scene, name="CT", shape=(6, 9, 11), matrix=None, dtype=np.int16):
+    import slicer
+
+    rng = np.random.default_rng(0)
+    array = rng.integers(-1000, 2000, size=shape).astype(dtype)
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    slicer.util.updateVolumeFromArray(node, array)
+    m = oblique_ijk_to_ras() if matrix is None else matrix
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(m))
+    return node, array
+
+
+def node_matrix(node) -> np.ndarray:
+    import slicer
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return slicer.util.arrayFromVTKMatrix(m)
+
+
+def ellipsoid_label(shape=(6, 9, 11)) -> np.ndarray:
+    z, y, x = np.indices(shape)
+    c = [(s - 1) / 2 for s in shape]
+    r = [s / 3 for s in shape]
+    inside = ((z - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((x - c[2]) / r[2]) ** 2 <= 1
+    return inside.astype(np.uint8)
+
+
+def test_geometry_conversion_round_trips() -> None:
+    m = oblique_ijk_to_ras()
+    spacing, origin, direction = bridge.volume_geometry_from_ijk_to_ras(m)
+    np.testing.assert_allclose(spacing, [0.625, 0.8, 2.5])
+    np.testing.assert_allclose(direction.T @ direction, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(origin, [41.5, -17.25, 63.0])  # LPS: x, y negated
+    volume = Volume(np.zeros((2, 2, 2)), spacing, origin, direction)
+    np.testing.assert_allclose(bridge.ijk_to_ras_from_volume(volume), m, atol=1e-12)
+
+
+def test_volume_node_to_file_and_back(scene, tmp_path: Path) -> None:
+    import slicer
+
+    node, array = make_volume_node(scene)
+    volume = bridge.volume_from_node(node)
+    assert volume.array.shape == array.shape and volume.array.dtype == array.dtype
+    np.testing.assert_array_equal(volume.array, array)
+
+    # what Slicer itself writes, as SimpleITK reads it, is the same LPS geometry
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    slicer_file = tmp_path / "slicer.nrrd"
+    storage.SetFileName(str(slicer_file))
+    assert storage.WriteData(node)
+    reference = Volume.from_sitk(sitk.ReadImage(str(slicer_file)))
+    np.testing.assert_array_equal(reference.array, array)
+    assert volume.same_geometry(reference, tol=1e-6), volume.geometry_differences(reference)
+
+    ours = write_volume(volume, tmp_path / "ours.nrrd")
+    back = read_volume(ours)
+    np.testing.assert_array_equal(back.array, array)
+    assert back.same_geometry(reference, tol=1e-6)
+
+    # and into a fresh node: identical voxels and IJK->RAS
+    node2 = bridge.add_volume_node(scene, back, "back")
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node2), array)
+    np.testing.assert_allclose(node_matrix(node2), node_matrix(node), atol=1e-9)
+
+
+def test_label_to_new_segmentation_and_back(scene) -> None:
+    import slicer
+
+    node, array = make_volume_node(scene, name="Patient 7")
+    before_array = array.copy()
+    before_matrix = node_matrix(node)
+    label = bridge.volume_from_node(node).with_array(ellipsoid_label())
+
+    seg_node = bridge.import_label(label, node)
+    assert seg_node.GetName() == "Patient 7 segmentation"
+    segmentation = seg_node.GetSegmentation()
+    assert segmentation.GetNumberOfSegments() == 1
+    segment_id = segmentation.GetNthSegmentID(0)
+    segment = segmentation.GetSegment(segment_id)
+    assert segment.GetName() == "Left atrium"
+    np.testing.assert_allclose(segment.GetColor(), bridge.LEFT_ATRIUM_COLOR)
+    converter = slicer.vtkSegmentationConverter
+    geometry = segmentation.GetConversionParameter(
+        converter.GetReferenceImageGeometryParameterName()
+    )
+    assert geometry == converter.SerializeImageGeometry(
+        slicer.util.vtkMatrixFromArray(node_matrix(node)), node.GetImageData()
+    )
+    assert seg_node.GetNodeReferenceID("referenceImageGeometryRef") == node.GetID()
+    assert seg_node.GetSegmentation().ContainsRepresentation(
+        slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName()
+    )
+    display = seg_node.GetDisplayNode()
+    assert display is not None and display.GetVisibility2D() and display.GetVisibility3D()
+
+    exported = bridge.export_segment(seg_node, segment_id, node)
+    assert exported.array.dtype == np.uint8
+    np.testing.assert_array_equal(exported.array, label.array)
+    assert exported.same_geometry(label, tol=1e-6), exported.geometry_differences(label)
+
+    # the user's volume is untouched and no helper nodes are left behind
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before_array)
+    np.testing.assert_allclose(node_matrix(node), before_matrix)
+    assert scene.GetNodesByClass("vtkMRMLLabelMapVolumeNode").GetNumberOfItems() == 0
+
+
+def test_second_prediction_makes_a_new_node_unless_replacing(scene) -> None:
+    node, _ = make_volume_node(scene, name="Vol")
+    label = bridge.volume_from_node(node).with_array(ellipsoid_label())
+    first = bridge.import_label(label, node, closed_surface=False)
+    # the user adds a segment of their own
+    user_id = first.GetSegmentation().AddEmptySegment("", "My notes", [0.1, 0.2, 0.9])
+
+    second = bridge.import_label(label, node, closed_surface=False)
+    assert second.GetID() != first.GetID()
+    assert second.GetName() != first.GetName()
+
+    shifted = np.roll(ellipsoid_label(), 1, axis=2)
+    replaced = bridge.import_label(label.with_array(shifted), node, segmentation_node=first)
+    assert replaced is first
+    segmentation = first.GetSegmentation()
+    names = [
+        segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())
+    ]
+    assert sorted(names) == ["Left atrium", "My notes"]
+    assert segmentation.GetSegment(user_id) is not None
+    la_id = segmentation.GetSegmentIdBySegmentName("Left atrium")
+    np.testing.assert_array_equal(bridge.export_segment(first, la_id, node).array, shifted)
+
+
+def test_known_shape_lands_on_exact_voxels_of_unaligned_grid(scene) -> None:
+    """A label on the volume's grid comes back on the same voxels even for an odd grid."""
+    matrix = oblique_ijk_to_ras()
+    node, _ = make_volume_node(scene, shape=(5, 16, 7), matrix=matrix)
+    label_array = np.zeros((5, 16, 7), np.uint8)
+    label_array[1:4, 2:5, 0:3] = 1  # touches the border
+    label_array[2, 10, 5] = 1  # a single voxel
+    label = bridge.volume_from_node(node).with_array(label_array)
+    seg_node = bridge.import_label(label, node, closed_surface=False)
+    seg_id = seg_node.GetSegmentation().GetNthSegmentID(0)
+    np.testing.assert_array_equal(bridge.export_segment(seg_node, seg_id, node).array, label_array)
+
+
+def test_empty_label_gives_an_empty_segment(scene) -> None:
+    node, _ = make_volume_node(scene)
+    label = bridge.volume_from_node(node).with_array(np.zeros((6, 9, 11), np.uint8))
+    seg_node = bridge.import_label(label, node, closed_surface=False)
+    segmentation = seg_node.GetSegmentation()
+    assert segmentation.GetNumberOfSegments() == 1
+    assert segmentation.GetNthSegment(0).GetName() == "Left atrium"
+
+
+def test_bad_inputs_raise(scene) -> None:
+    node, _ = make_volume_node(scene)
+    label = bridge.volume_from_node(node).with_array(np.full((6, 9, 11), -1, np.int16))
+    with pytest.raises(ValueError):
+        bridge.import_label(label, node)
+    seg_node = bridge.new_segmentation_node(node)
+    with pytest.raises(ValueError):
+        bridge.export_segment(seg_node, "nope", node)
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    with pytest.raises(ValueError):
+        bridge.volume_from_node(empty)

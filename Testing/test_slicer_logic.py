@@ -1,0 +1,370 @@
+"""DKUXNetSegmentLib.logic on slicer-core, driving a real child process.
+
+The child is ``Testing/fake_dkuxnet.py``, a stand-in that speaks the ``dkuxnet predict|train``
+command line and event protocol without a model; it is injected through the logic's
+``command_factory``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dkuxnet.errors import InputError
+from dkuxnet.io import read_volume
+from dkuxnet.jobs import JobState
+
+pytest.importorskip("slicer", reason="slicer-core is not installed")
+logic_module = pytest.importorskip("DKUXNetSegmentLib.logic")
+bridge = pytest.importorskip("DKUXNetSegmentLib.slicer_bridge")
+
+FAKE = Path(__file__).resolve().parent / "fake_dkuxnet.py"
+TIMEOUT = 60
+
+
+def fake_factory(args):
+    return [sys.executable, str(FAKE), *args]
+
+
+@pytest.fixture()
+def logic(scene, tmp_path):
+    return logic_module.DKUXNetLogic(
+        scene, jobs_dir=tmp_path / "jobs", command_factory=fake_factory
+    )
+
+
+def make_volume(scene, name="Patient", shape=(8, 12, 10), seed=0):
+    """An oblique, anisotropic volume with a bright box (what the fake 'predicts')."""
+    import slicer
+
+    rng = np.random.default_rng(seed)
+    array = rng.normal(0, 1, shape).astype(np.float32)
+    array[2:6, 3:9, 2:7] += 50
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    slicer.util.updateVolumeFromArray(node, array)
+    m = np.array(
+        [[0.0, -0.7, 0.0, 10.0], [0.9, 0.0, 0.0, -20.0], [0.0, 0.0, 2.5, 5.0], [0, 0, 0, 1.0]]
+    )
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(m))
+    return node, (array > array.mean()).astype(np.uint8)
+
+
+def make_pair(scene, name, seed):
+    node, label = make_volume(scene, name, seed=seed)
+    seg = bridge.import_label(
+        bridge.volume_from_node(node).with_array(label), node, closed_surface=False
+    )
+    return logic_module.LabeledPair(node, seg, seg.GetSegmentation().GetNthSegmentID(0)), label
+
+
+def snapshot(node):
+    import slicer
+
+    return np.array(slicer.util.arrayFromVolume(node), copy=True), node.GetMTime()
+
+
+# ------------------------------------------------------------------ helpers
+def test_resolve_model(tmp_path: Path, monkeypatch) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(InputError, match="best.pt or last.pt"):
+        logic_module.resolve_model("run", run)
+    (run / "last.pt").write_bytes(b"x")
+    assert logic_module.resolve_model("run", run) == run / "last.pt"
+    (run / "best.pt").write_bytes(b"x")
+    assert logic_module.resolve_model("run", run) == run / "best.pt"
+    assert logic_module.resolve_model("file", run / "last.pt") == run / "last.pt"
+    with pytest.raises(InputError, match="not found"):
+        logic_module.resolve_model("file", run / "nope.pt")
+    with pytest.raises(InputError):
+        logic_module.resolve_model("file", "")
+    monkeypatch.setattr(logic_module, "default_model_path", lambda: None)
+    with pytest.raises(InputError, match="bundled"):
+        logic_module.resolve_model("default")
+    monkeypatch.setattr(logic_module, "default_model_path", lambda: run / "best.pt")
+    assert logic_module.resolve_model("default") == run / "best.pt"
+
+
+def test_format_duration_and_missing_packages() -> None:
+    assert logic_module.format_duration(62) == "1:02"
+    assert logic_module.format_duration(3723) == "1:02:03"
+    assert logic_module.format_duration(None) == "" and logic_module.format_duration(math.inf) == ""
+    assert logic_module.missing_packages(["numpy", "no_such_package_xyz"]) == [
+        "no_such_package_xyz"
+    ]
+
+
+def test_parameters_round_trip_through_the_node(scene) -> None:
+    node = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
+    params = logic_module.Parameters(node)
+    assert (params.model_source, params.device, params.tta) == ("default", "auto", False)
+    assert params.input_volume is None and params.labeled_pairs == []
+    vol, _ = make_volume(scene)
+    pair, _ = make_pair(scene, "L1", 1)
+    extra, _ = make_volume(scene, "U1")
+    params.input_volume = vol
+    params.model_source, params.model_path, params.device, params.tta = "run", "/r", "cuda", True
+    params.iterations = 250
+    params.labeled_pairs = [pair]
+    params.unlabeled_volumes = [extra, vol]
+    again = logic_module.Parameters(node)
+    assert again.input_volume is vol and again.output_segmentation is None
+    assert (again.model_source, again.model_path, again.device, again.tta) == (
+        "run",
+        "/r",
+        "cuda",
+        True,
+    )
+    assert again.iterations == 250
+    assert again.labeled_pairs == [pair]
+    assert again.unlabeled_volumes == [extra, vol]
+    with pytest.raises(ValueError):
+        again.device = "tpu"
+    with pytest.raises(ValueError):
+        again.model_source = "web"
+
+
+# ------------------------------------------------------------------ Segment
+def test_segment_creates_new_segmentation_on_the_volume_grid(scene, logic) -> None:
+    node, expected = make_volume(scene, "Patient 3")
+    before, before_mtime = snapshot(node)
+    task = logic.start_segment(node, model="fake.pt", device="cpu", tta=True)
+    args = json.loads((task.job.folder / "job.json").read_text())["command"]
+    assert "--tta" in args and args[args.index("--device") + 1] == "cpu"
+    progress_seen = []
+    deadline = time.monotonic() + TIMEOUT
+    while not task.state.is_final and time.monotonic() < deadline:
+        task.poll()
+        if task.progress is not None:
+            progress_seen.append(task.progress)
+        time.sleep(0.02)
+    assert task.state is JobState.COMPLETED, task.error
+    assert progress_seen == sorted(progress_seen) and task.progress == 1.0
+    seg = task.result
+    assert seg is not None and seg.GetName() == "Patient 3 segmentation"
+    seg_id = seg.GetSegmentation().GetSegmentIdBySegmentName("Left atrium")
+    label = bridge.export_segment(seg, seg_id, node)
+    np.testing.assert_array_equal(label.array, expected)
+    assert label.same_geometry(bridge.volume_from_node(node))
+    # the user's volume is untouched; the temporary job folder is gone
+    after, after_mtime = snapshot(node)
+    np.testing.assert_array_equal(after, before)
+    assert after_mtime == before_mtime
+    assert not task.job.folder.exists()
+    assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 1
+
+
+def test_segment_replaces_only_the_chosen_segmentation(scene, logic) -> None:
+    node, expected = make_volume(scene)
+    chosen = bridge.new_segmentation_node(node, "chosen")
+    chosen.GetSegmentation().AddEmptySegment("", "Left atrium", [1.0, 0.0, 0.0])
+    chosen.GetSegmentation().AddEmptySegment("", "Scar", [0.0, 0.0, 1.0])
+    other = bridge.new_segmentation_node(node, "other")
+    task = logic.start_segment(node, model="fake.pt", segmentation_node=chosen)
+    assert task.wait(TIMEOUT) is JobState.COMPLETED, task.error
+    assert task.result is chosen
+    names = {chosen.GetSegmentation().GetNthSegment(i).GetName() for i in range(2)}
+    assert names == {"Left atrium", "Scar"}
+    assert other.GetSegmentation().GetNumberOfSegments() == 0
+
+
+def test_segment_failure_shows_the_child_error(scene, logic, monkeypatch) -> None:
+    monkeypatch.setenv("FAKE_DKUXNET_FAIL", "1")
+    node, _ = make_volume(scene)
+    task = logic.start_segment(node, model="fake.pt")
+    assert task.wait(TIMEOUT) is JobState.FAILED
+    assert "model file is corrupt" in task.error
+    assert task.result is None and task.job.folder.exists()  # kept for the bug report
+    assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
+
+
+def test_segment_cancel(scene, logic, monkeypatch) -> None:
+    monkeypatch.setenv("FAKE_DKUXNET_SLEEP", "5")
+    node, _ = make_volume(scene)
+    task = logic.start_segment(node, model="fake.pt")
+    t0 = time.monotonic()
+    task.cancel(grace_s=2)
+    assert task.status == "cancelling"
+    assert task.wait(TIMEOUT) is JobState.CANCELLED
+    assert time.monotonic() - t0 < 10
+    assert task.result is None
+    assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
+
+
+def test_segment_rejects_bad_device(scene, logic) -> None:
+    node, _ = make_volume(scene)
+    with pytest.raises(InputError):
+        logic.start_segment(node, model="fake.pt", device="gpu0")
+
+
+# ------------------------------------------------------------------ Fine-tune
+def test_fine_tune_exports_data_plots_progress_and_adopts_model(scene, logic) -> None:
+    pair1, label1 = make_pair(scene, "L1", 1)
+    pair2, _ = make_pair(scene, "L2", 2)
+    unlabeled, _ = make_volume(scene, "U1", seed=3)
+    before = snapshot(pair1.volume)
+    seg_mtime = pair1.segmentation.GetMTime()
+    task = logic.start_fine_tune([pair1, pair2], [unlabeled], iterations=6, init_model="m.pt")
+
+    datalist = json.loads((task.job.folder / "datalist.json").read_text())
+    assert len(datalist["training"]) == 2 and len(datalist["unlabeled"]) == 1
+    first = datalist["training"][0]
+    exported = read_volume(task.job.folder / first["label"])
+    np.testing.assert_array_equal(exported.array, label1)
+    assert exported.same_geometry(bridge.volume_from_node(pair1.volume))
+    command = json.loads((task.job.folder / "job.json").read_text())["command"]
+    assert command[command.index("--init") + 1] == "m.pt"
+
+    etas = []
+    deadline = time.monotonic() + TIMEOUT
+    while not task.state.is_final and time.monotonic() < deadline:
+        task.poll()
+        etas.append(task.eta_s)
+        time.sleep(0.02)
+    assert task.state is JobState.COMPLETED, task.error
+    assert task.progress == 1.0 and task.iteration == 6
+    assert any(eta is not None and eta > 0 for eta in etas) and task.eta_s == 0.0
+    assert task.it_per_s == pytest.approx(100.0)  # the fake reports 1 / its sleep
+    assert task.model_path == task.run_dir / "best.pt"
+    assert "best validation Dice" in task.status
+
+    losses = task.plots.loss_table
+    assert losses.GetNumberOfRows() == 6
+    column = losses.GetTable().GetColumnByName("total")
+    assert [column.GetValue(i) for i in range(6)] == pytest.approx([1 / i for i in range(1, 7)])
+    dice = task.plots.dice_table
+    assert dice.GetNumberOfRows() == 3
+    assert task.plots.loss_chart.GetNumberOfPlotSeriesNodes() == 3  # total, supervised, consistency
+    series = task.plots.loss_chart.GetNthPlotSeriesNode(0)
+    assert series.GetTableNodeID() == losses.GetID() and series.GetXColumnName() == "iteration"
+    assert task.plots.dice_chart.GetNumberOfPlotSeriesNodes() == 1
+
+    params = logic_module.Parameters(scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode"))
+    logic.adopt_model(task, params)
+    assert params.model_source == "run"
+    assert logic_module.resolve_model(params.model_source, params.model_path) == task.model_path
+
+    # the user's nodes are untouched
+    after = snapshot(pair1.volume)
+    np.testing.assert_array_equal(after[0], before[0])
+    assert after[1] == before[1] and pair1.segmentation.GetMTime() == seg_mtime
+    assert scene.GetNodesByClass("vtkMRMLLabelMapVolumeNode").GetNumberOfItems() == 0
+
+
+def test_fine_tune_cancel_then_resume(scene, logic, monkeypatch) -> None:
+    monkeypatch.setenv("FAKE_DKUXNET_SLEEP", "0.2")
+    pair, _ = make_pair(scene, "L1", 1)
+    task = logic.start_fine_tune([pair], iterations=30)
+    deadline = time.monotonic() + TIMEOUT
+    while task.iteration < 3 and time.monotonic() < deadline:
+        task.poll()
+        time.sleep(0.02)
+    task.cancel(grace_s=10)
+    assert task.wait(TIMEOUT) is JobState.CANCELLED
+    stopped_at = task.iteration
+    assert 3 <= stopped_at < 30 and task.model_path is not None
+    rows = task.plots.loss_table.GetNumberOfRows()
+    assert rows == stopped_at
+
+    monkeypatch.setenv("FAKE_DKUXNET_SLEEP", "0.001")
+    resumed = logic.resume_fine_tune(task.job.folder, plots=task.plots)
+    assert resumed.wait(TIMEOUT) is JobState.COMPLETED, resumed.error
+    assert resumed.iteration == 30
+    iterations = task.plots.loss_table.GetTable().GetColumnByName("iteration")
+    values = [iterations.GetValue(i) for i in range(iterations.GetNumberOfTuples())]
+    assert values == list(range(1, 31))  # old history kept, nothing twice
+
+    # a fresh scene (e.g. reloaded) gets the whole history replayed into new plots
+    again = logic_module.DKUXNetLogic(scene, jobs_dir=logic.jobs_dir, command_factory=fake_factory)
+    plots = logic_module.TrainingPlots(scene, "replayed")
+    from dkuxnet.events import read_events
+
+    plots.replay(read_events(task.run_dir / "events.jsonl"))
+    assert plots.loss_table.GetNumberOfRows() == 30
+    assert again.runs_dir == logic.runs_dir
+
+
+def test_fine_tune_failure_and_bad_inputs(scene, logic, monkeypatch) -> None:
+    with pytest.raises(InputError, match="at least one"):
+        logic.start_fine_tune([])
+    pair, _ = make_pair(scene, "L1", 1)
+    empty_seg = bridge.new_segmentation_node(pair.volume, "empty")
+    empty_id = empty_seg.GetSegmentation().AddEmptySegment("", "Left atrium", [1.0, 0, 0])
+    with pytest.raises(InputError, match="empty"):
+        logic.start_fine_tune([logic_module.LabeledPair(pair.volume, empty_seg, empty_id)])
+    with pytest.raises(InputError, match="not a fine-tuning folder"):
+        logic.resume_fine_tune(logic.jobs_dir)
+    monkeypatch.setenv("FAKE_DKUXNET_FAIL", "1")
+    task = logic.start_fine_tune([pair], iterations=3)
+    assert task.wait(TIMEOUT) is JobState.FAILED
+    assert task.error == "fake train: out of memory"
+    with pytest.raises(InputError):
+        logic.adopt_model(
+            task, logic_module.Parameters(scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode"))
+        )
+
+
+def test_plots_add_columns_lazily(scene) -> None:
+    plots = logic_module.TrainingPlots(scene, "lazy")
+    plots.add_losses(1, {"a": 1.0})
+    plots.add_losses(2, {"a": 0.5, "b": 2.0})
+    table = plots.loss_table.GetTable()
+    b = table.GetColumnByName("b")
+    assert math.isnan(b.GetValue(0)) and b.GetValue(1) == 2.0
+    assert plots.loss_chart.GetNumberOfPlotSeriesNodes() == 2
+    plots.clear()
+    assert plots.loss_table.GetNumberOfRows() == 0
+
+
+# ------------------------------------------------------------------ the real `dkuxnet predict`
+@pytest.mark.slow
+def test_segment_end_to_end_with_real_predict(scene, tmp_path) -> None:
+    """Real child (`python -m dkuxnet predict`) with a tiny untrained model: the chain works."""
+    torch = pytest.importorskip("torch")
+    from dkuxnet.config import DataConfig, ModelConfig, TrainConfig
+    from dkuxnet.model import build_model
+    from dkuxnet.training.checkpoint import save_checkpoint
+
+    model_config = ModelConfig.preset(
+        "lite",
+        feature_sizes=(8, 16, 24, 32),
+        hidden_size=24,
+        num_queries=6,
+        query_dim=16,
+        embed_dim=8,
+        kmax_heads=2,
+        kmax_ffn_dim=16,
+        kernel_size=3,
+    )
+    config = TrainConfig(model=model_config, data=DataConfig(patch_size=(16, 16, 32)))
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "tiny.pt"
+    save_checkpoint(
+        {
+            "kind": "model",
+            "config": config.to_dict(),
+            "networks": [build_model(config.model).state_dict() for _ in range(2)],
+            "iteration": 0,
+        },
+        checkpoint,
+    )
+    node, _ = make_volume(scene, "Real", shape=(12, 20, 18))
+    before = snapshot(node)
+    logic = logic_module.DKUXNetLogic(scene, jobs_dir=tmp_path / "jobs")  # real command
+    task = logic.start_segment(node, checkpoint, device="cpu", keep_folder=True)
+    assert task.wait(300) is JobState.COMPLETED, task.error
+    assert task.progress == 1.0
+    predicted = read_volume(task.output_path)
+    seg = task.result
+    seg_id = seg.GetSegmentation().GetSegmentIdBySegmentName("Left atrium")
+    exported = bridge.export_segment(seg, seg_id, node)
+    np.testing.assert_array_equal(exported.array, (predicted.array > 0).astype(np.uint8))
+    assert exported.same_geometry(bridge.volume_from_node(node))
+    assert any(e["event"] == "progress" for e in task.job.events)
+    after = snapshot(node)
+    np.testing.assert_array_equal(after[0], before[0])
