@@ -1,0 +1,72 @@
+"""``dkuxnet train``: dual-network semi-supervised training (or the supervised baseline)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+from pathlib import Path
+
+from dkuxnet.config import TrainConfig
+from dkuxnet.errors import ConfigError
+
+HELP = "train Dual kMaX UX-Net on labeled + unlabeled scans (dual or supervised mode)"
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="decathlon-style folder or datalist JSON")
+    p.add_argument("--out", required=True, help="run folder (events, config, checkpoints)")
+    p.add_argument("--preset", choices=("lite", "paper"), default="lite", help="model preset")
+    p.add_argument("--config", help="JSON file with a full or partial TrainConfig")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. training.mode=supervised (repeatable)",
+    )
+    p.add_argument("--iterations", type=int, help="training iterations (training.iterations)")
+    p.add_argument("--init", help="start from this checkpoint's weights (fine-tuning)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    base = TrainConfig.preset(args.preset)
+    if args.config:
+        loaded = TrainConfig.load(args.config).to_dict()
+        merged = base.to_dict()
+        for section, values in loaded.items():
+            merged[section].update(values)
+        base = TrainConfig.from_dict(merged)
+    overrides = list(args.set)
+    if args.iterations is not None:
+        if args.iterations <= 0:
+            raise ConfigError(f"--iterations must be positive, got {args.iterations}")
+        overrides.append(f"training.iterations={args.iterations}")
+    return base.with_overrides(overrides) if overrides else base
+
+
+def run(args: argparse.Namespace) -> int:
+    from dkuxnet.data import load_dataset
+    from dkuxnet.progress import follow_training
+    from dkuxnet.training import Trainer
+
+    config = build_config(args)
+    data = load_dataset(args.data)
+    log.info(data.summary())
+    trainer = Trainer(
+        config,
+        data,
+        Path(args.out),
+        device=args.device,
+        init=args.init,
+        resume=args.resume,
+        stop_event=threading.Event(),
+    )
+    with follow_training(Path(args.out), enabled=not args.quiet):
+        status = trainer.run()
+    log.info("training %s; run folder %s", status, args.out)
+    return 0 if status == "completed" else 3

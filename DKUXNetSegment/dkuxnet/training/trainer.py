@@ -1,0 +1,453 @@
+"""The dual-network semi-supervised trainer (METHOD.md, "Training").
+
+Two networks A and B (same architecture, different initialisation) see the same patches:
+A a strongly augmented view, B a weakly augmented one (same spatial transform, so voxels
+correspond). Each is supervised on the labeled patches and taught by the other on all patches
+(labeled and unlabeled) with L_segc and L_qdc, weighted by a sigmoid ramp-up. ``supervised``
+mode trains one network on labeled patches only: the baseline.
+
+The trainer reports through :mod:`dkuxnet.events`, checkpoints atomically (see
+:mod:`dkuxnet.training.checkpoint`) and resumes exactly: batches and augmentations are pure
+functions of ``(seed, iteration, rank)`` and every generator state is saved, so ``k`` iterations,
+a kill and ``k`` more give the same weights as ``2k`` straight.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dkuxnet.config import TrainConfig
+from dkuxnet.data import Case, DatasetSplit, TwoStreamSampler
+from dkuxnet.device import resolve_device
+from dkuxnet.errors import CheckpointError, InputError, OutputExistsError
+from dkuxnet.events import EVENTS_FILE, EventWriter
+from dkuxnet.losses import (
+    query_distribution_consistency,
+    segmentation_consistency,
+    supervised_loss,
+)
+from dkuxnet.model import DualKMaXUXNet, build_model
+from dkuxnet.training.augment import strong_view
+from dkuxnet.training.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from dkuxnet.training.distributed import (
+    DistInfo,
+    barrier,
+    broadcast_flag,
+    cleanup_distributed,
+    mean_across_ranks,
+    setup_distributed,
+)
+from dkuxnet.training.runlock import RunLock
+from dkuxnet.training.schedules import lr_factor, sigmoid_rampup
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+@dataclass(frozen=True)
+class ValidationCase:
+    name: str
+    image: np.ndarray  # (z, y, x) raw intensities
+    label: np.ndarray  # (z, y, x) uint8
+
+
+def split_validation(data: DatasetSplit, fraction: float) -> tuple[list[Case], list[Case], str]:
+    """Training and validation labeled cases, and a sentence saying how they were chosen."""
+    labeled = list(data.labeled)
+    if data.validation:
+        return labeled, list(data.validation), f"{len(data.validation)} validation cases given"
+    if len(labeled) == 1:
+        return (
+            labeled,
+            labeled,
+            "only one labeled case: validating on the training case itself (optimistic)",
+        )
+    n_val = max(1, round(fraction * len(labeled)))
+    n_val = min(n_val, len(labeled) - 1)
+    return (
+        labeled[:-n_val],
+        labeled[-n_val:],
+        f"held out the last {n_val} of {len(labeled)} labeled cases for validation",
+    )
+
+
+class Trainer:
+    """Train one (supervised) or two (dual) networks into a run folder.
+
+    Args:
+        config: the whole recipe.
+        data: labeled / unlabeled / validation cases.
+        run_dir: output folder (``events.jsonl``, ``config.json``, ``last.pt``, ``best.pt``).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        init: checkpoint whose network weights start the run (fine-tuning).
+        resume: continue the run in ``run_dir`` from its ``last.pt``.
+        stop_event: set it (from another thread) to stop after the current iteration.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: DatasetSplit,
+        run_dir: str | os.PathLike[str],
+        device: str = "auto",
+        init: str | os.PathLike[str] | None = None,
+        resume: bool = False,
+        stop_event: threading.Event | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.data = data
+        self.init = Path(init) if init is not None else None
+        self.resume = resume
+        self.stop_event = stop_event or threading.Event()
+        self.device = resolve_device(device)
+        self._resume_record: dict[str, Any] | None = None
+        if resume:
+            last = self.run_dir / LAST
+            if not last.is_file():
+                raise CheckpointError(f"{self.run_dir}: nothing to resume (no {LAST})")
+            self._resume_record = load_checkpoint(last)
+            saved: TrainConfig = self._resume_record["train_config"]
+            if config.training.iterations != saved.training.iterations:
+                saved = saved.replace(
+                    training=saved.training.replace(iterations=config.training.iterations)
+                )
+            config = saved
+        elif (self.run_dir / LAST).exists() or (self.run_dir / EVENTS_FILE).exists():
+            raise OutputExistsError(
+                f"{self.run_dir} already holds a run; use --resume to continue it or choose "
+                "another --out folder"
+            )
+        self.config = config
+        self.dual = config.training.mode == "dual"
+
+    # -- setup --------------------------------------------------------------------------------
+
+    def _build_networks(self) -> list[DualKMaXUXNet]:
+        seed = self.config.training.seed
+        networks = []
+        for i in range(2 if self.dual else 1):
+            torch.manual_seed(seed * 1000 + 17 * i + 1)  # different initialisation per network
+            networks.append(build_model(self.config.model))
+        if self.init is not None and self._resume_record is None:
+            record = load_checkpoint(self.init)
+            init_cfg = record["train_config"].model
+            if init_cfg != self.config.model:
+                raise CheckpointError(
+                    f"{self.init}: its model settings differ from this run's; train with the "
+                    "same preset/model config (or omit --init)"
+                )
+            states = record["networks"]
+            for i, net in enumerate(networks):
+                net.load_state_dict(states[min(i, len(states) - 1)])
+            log.info("initialised %d network(s) from %s", len(networks), self.init)
+        return networks
+
+    def _validation_cases(self, cases: Sequence[Case]) -> list[ValidationCase]:
+        from dkuxnet.io import read_label, read_volume
+
+        out = []
+        for case in cases:
+            if case.label is None:
+                raise InputError(f"validation case {case.name} has no label")
+            image = read_volume(case.image)
+            label = read_label(case.label, num_classes=self.config.model.out_channels, reference=image)
+            out.append(ValidationCase(case.name, image.array, label.array))
+        return out
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> str:
+        """Train; returns the final status ``completed`` or ``cancelled`` (raises on failure)."""
+        dist_info = setup_distributed(self.device)
+        lock = RunLock(self.run_dir) if dist_info.is_main else None
+        if lock is not None:
+            lock.acquire()
+        events = EventWriter(self.run_dir / EVENTS_FILE, enabled=dist_info.is_main)
+        restore_signals = self._install_signal_handlers()
+        try:
+            status = self._run(dist_info, events)
+            events.emit("finished", status=status, error=None)
+            return status
+        except BaseException as exc:
+            events.emit("finished", status="failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            restore_signals()
+            if lock is not None:
+                lock.release()
+            cleanup_distributed()
+
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {}
+
+        def request_stop(signum: int, frame: object) -> None:
+            log.info("signal %d: stopping after the current iteration", signum)
+            self.stop_event.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, request_stop)
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
+
+    def _run(self, dist_info: DistInfo, events: EventWriter) -> str:
+        cfg = self.config
+        tcfg = cfg.training
+        if dist_info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.run_dir / CONFIG_FILE)
+        train_cases, val_cases, val_note = split_validation(self.data, tcfg.val_fraction)
+        log.info(val_note)
+        networks = self._build_networks()
+        for net in networks:
+            net.to(self.device)
+            if self.device.type == "cuda":
+                net.to(memory_format=torch.channels_last_3d)
+        params = [p for net in networks for p in net.parameters()]
+        if tcfg.optimizer == "adamw":
+            optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+                params, lr=tcfg.lr, weight_decay=tcfg.weight_decay
+            )
+        else:
+            optimizer = torch.optim.SGD(
+                params, lr=tcfg.lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay
+            )
+        total = tcfg.iterations
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda it: lr_factor(it, total, tcfg.schedule, tcfg.warmup_iterations)
+        )
+        use_amp = tcfg.amp and self.device.type == "cuda"
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        start, best_metric, metrics = 0, None, {}
+        if self._resume_record is not None:
+            rec = self._resume_record
+            for net, state in zip(networks, rec["networks"], strict=True):
+                net.load_state_dict(state)
+            optimizer.load_state_dict(rec["optimizer"])
+            scheduler.load_state_dict(rec["scheduler"])
+            if rec.get("scaler"):
+                scaler.load_state_dict(rec["scaler"])
+            start = int(rec["iteration"])
+            best_metric = rec.get("best_metric")
+            metrics = rec.get("metrics") or {}
+            restore_rng_state(rec["rng"])
+        models: list[nn.Module] = list(networks)
+        if dist_info.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            models = [DDP(net, device_ids=ids) for net in networks]
+        sampler = TwoStreamSampler(
+            train_cases,
+            self.data.unlabeled if self.dual else [],
+            cfg.data.patch_size,
+            labeled_batch=cfg.data.labeled_batch,
+            unlabeled_batch=cfg.data.unlabeled_batch if self.dual else 0,
+            seed=tcfg.seed,
+            rank=dist_info.rank,
+            world_size=dist_info.world_size,
+            foreground_ratio=cfg.data.foreground_ratio,
+            num_classes=cfg.model.out_channels,
+        )
+        sampler.preload()
+        validation = self._validation_cases(val_cases) if dist_info.is_main else []
+        events.emit(
+            "started",
+            job="train",
+            total=total,
+            device=str(self.device),
+            mode=tcfg.mode,
+            resumed_from=start,
+            world_size=dist_info.world_size,
+            labeled=len(train_cases),
+            unlabeled=len(self.data.unlabeled) if self.dual else 0,
+            validation=[c.name for c in validation],
+            message=val_note,
+        )
+        status = "completed"
+        t_last = time.perf_counter()
+        it = start
+        while it < total:
+            batch = sampler.batch(it)
+            losses = self._step(models, optimizer, scaler, batch, it, use_amp)
+            scheduler.step()
+            it += 1
+            now = time.perf_counter()
+            it_per_s = 1.0 / max(now - t_last, 1e-9)
+            t_last = now
+            losses = mean_across_ranks(losses, dist_info)
+            if it % tcfg.log_every == 0 or it == total:
+                events.emit(
+                    "iteration",
+                    iteration=it,
+                    total=total,
+                    losses=losses,
+                    lr=optimizer.param_groups[0]["lr"],
+                    it_per_s=it_per_s,
+                    eta_s=(total - it) / max(it_per_s, 1e-9),
+                )
+            stop = broadcast_flag(self.stop_event.is_set(), dist_info)
+            if dist_info.is_main and (it % tcfg.val_every == 0 or it == total):
+                metrics = self._validate(networks, validation, it)
+                improved = best_metric is None or metrics["mean_dice"] > best_metric
+                if improved:
+                    best_metric = metrics["mean_dice"]
+                events.emit("validation", iteration=it, best=improved, **metrics)
+                if improved:
+                    path = self._save(BEST, networks, optimizer, scheduler, scaler, it, best_metric, metrics)
+                    events.emit("checkpoint", iteration=it, path=str(path), kind="best")
+            if dist_info.is_main and (it % tcfg.checkpoint_every == 0 or it == total or stop):
+                path = self._save(LAST, networks, optimizer, scheduler, scaler, it, best_metric, metrics)
+                events.emit("checkpoint", iteration=it, path=str(path), kind="last")
+            barrier(dist_info)
+            if stop and it < total:
+                status = "cancelled"
+                break
+        return status
+
+    def _step(
+        self,
+        models: Sequence[nn.Module],
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        batch: dict[str, torch.Tensor],
+        iteration: int,
+        use_amp: bool,
+    ) -> dict[str, float]:
+        tcfg = self.config.training
+        for m in models:
+            m.train()
+        dev = self.device
+        labeled, labels = batch["labeled_image"], batch["labeled_label"].to(dev)
+        n_lab = labeled.shape[0]
+        autocast = torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp)
+        optimizer.zero_grad(set_to_none=True)
+        parts: dict[str, float] = {}
+        if not self.dual:
+            with autocast:
+                out = models[0](labeled.to(dev))
+            sup = supervised_loss(out, labels, tcfg.lambda_query, tcfg.lambda_aux)
+            total = sup["total"]
+            parts = {f"{k}": float(v.detach()) for k, v in sup.items() if k != "total"}
+        else:
+            weak = torch.cat([labeled, batch["unlabeled_image"]])
+            gen = torch.Generator().manual_seed(tcfg.seed * 1_000_003 + iteration)
+            strong = strong_view(
+                weak,
+                gen,
+                tcfg.strong_noise_std,
+                tcfg.strong_gamma,
+                tcfg.strong_blur_sigma,
+                tcfg.strong_bias_coeff,
+            )
+            with autocast:
+                out_a = models[0](strong.to(dev))  # A: strong view
+                out_b = models[1](weak.to(dev))  # B: weak view
+            sup_a = supervised_loss(out_a.batch_slice(0, n_lab), labels, tcfg.lambda_query, tcfg.lambda_aux)
+            sup_b = supervised_loss(out_b.batch_slice(0, n_lab), labels, tcfg.lambda_query, tcfg.lambda_aux)
+            zero = sup_a["total"].new_zeros(())
+            segc_a = segc_b = qdc_a = qdc_b = zero
+            if tcfg.use_segc:
+                segc_a = segmentation_consistency(out_a, out_b, tcfg.segc_form, tcfg.confidence)
+                segc_b = segmentation_consistency(out_b, out_a, tcfg.segc_form, tcfg.confidence)
+            if tcfg.use_qdc:
+                qdc_a = query_distribution_consistency(out_a, out_b)
+                qdc_b = query_distribution_consistency(out_b, out_a)
+            weight = sigmoid_rampup(
+                iteration, tcfg.rampup_fraction * tcfg.iterations, tcfg.consistency_weight
+            )
+            total = (sup_a["total"] + sup_b["total"]) + weight * (segc_a + segc_b + qdc_a + qdc_b)
+            parts = {
+                "sup_a": float(sup_a["total"].detach()),
+                "sup_b": float(sup_b["total"].detach()),
+                "segc": float((segc_a + segc_b).detach()) / 2,
+                "qdc": float((qdc_a + qdc_b).detach()) / 2,
+                "weight": weight,
+            }
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"loss became {float(total)} at iteration {iteration + 1}")
+        scaler.scale(total).backward()
+        if tcfg.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(
+                [p for m in models for p in m.parameters()], tcfg.grad_clip
+            )
+        scaler.step(optimizer)
+        scaler.update()
+        parts["total"] = float(total.detach())
+        return parts
+
+    def _validate(
+        self, networks: Sequence[nn.Module], cases: Sequence[ValidationCase], iteration: int
+    ) -> dict[str, Any]:
+        from monai.metrics import compute_dice
+
+        from dkuxnet.inference import Predictor
+
+        predictor = Predictor(networks, self.config, device=self.device, tta=False)
+        dice: dict[str, float] = {}
+        k = self.config.model.out_channels
+        for case in cases:
+            pred = predictor.predict_label(case.image)
+            p = torch.nn.functional.one_hot(torch.from_numpy(pred.astype(np.int64)), k)
+            y = torch.nn.functional.one_hot(torch.from_numpy(case.label.astype(np.int64)), k)
+            p = p.movedim(-1, 0)[None].float()
+            y = y.movedim(-1, 0)[None].float()
+            value = compute_dice(p, y, include_background=False, ignore_empty=False)
+            dice[case.name] = float(torch.nan_to_num(value, nan=0.0).mean())
+        for net in networks:
+            net.train()
+        mean = float(np.mean(list(dice.values()))) if dice else math.nan
+        log.info("iteration %d: validation mean Dice %.4f", iteration, mean)
+        return {"dice": dice, "mean_dice": mean}
+
+    def _save(
+        self,
+        name: str,
+        networks: Sequence[nn.Module],
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        scaler: torch.amp.GradScaler,
+        iteration: int,
+        best_metric: float | None,
+        metrics: dict[str, Any],
+    ) -> Path:
+        payload = {
+            "kind": name.removesuffix(".pt"),
+            "config": self.config.to_dict(),
+            "networks": [{k: v.detach().cpu() for k, v in n.state_dict().items()} for n in networks],
+            "iteration": iteration,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "rng": capture_rng_state(),
+            "best_metric": best_metric,
+            "metrics": metrics,
+        }
+        return save_checkpoint(payload, self.run_dir / name)

@@ -1,0 +1,190 @@
+"""The trainer: every mode runs, learns, resumes exactly after SIGKILL, refuses clashes, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from dkuxnet.cli import main as cli_main
+from dkuxnet.config import ModelConfig, TrainConfig
+from dkuxnet.data import load_dataset
+from dkuxnet.errors import OutputExistsError, RunLockedError
+from dkuxnet.events import read_events
+from dkuxnet.synthetic import write_synthetic_dataset
+from dkuxnet.training import Trainer
+from dkuxnet.training.checkpoint import load_checkpoint
+from dkuxnet.training.runlock import RunLock
+
+TINY_MODEL = dict(
+    feature_sizes=(8, 12, 16, 24), hidden_size=24, num_queries=6, query_dim=16, embed_dim=8,
+    kmax_heads=2, kmax_ffn_dim=16, kernel_size=3,
+)  # fmt: skip
+
+
+def tiny_config(**training: object) -> TrainConfig:
+    base = TrainConfig.preset("lite")
+    return TrainConfig(
+        model=ModelConfig.preset("lite", **TINY_MODEL),
+        data=base.data.replace(patch_size=(16, 32, 32), labeled_batch=2, unlabeled_batch=2),
+        training=base.training.replace(
+            **{"iterations": 2, "val_every": 1000, "checkpoint_every": 1, "lr": 1e-3, **training}
+        ),
+        inference=base.inference.replace(overlap=0.25, largest_component=False),
+    )
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    write_synthetic_dataset(root, n_labeled=3, n_unlabeled=2, n_test=0, shape=(24, 40, 40), seed=3)
+    return root
+
+
+def _finished(run: Path) -> dict:
+    events = read_events(run / "events.jsonl")
+    assert events[0]["event"] == "started"
+    return [e for e in events if e["event"] == "finished"][-1]
+
+
+@pytest.mark.parametrize(
+    "training",
+    [
+        {"mode": "dual"},
+        {"mode": "supervised"},
+        {"mode": "dual", "use_segc": False},
+        {"mode": "dual", "use_qdc": False},
+        {"mode": "dual", "segc_form": "mse", "optimizer": "sgd", "schedule": "cosine"},
+    ],
+    ids=["dual", "supervised", "no-segc", "no-qdc", "mse-sgd"],
+)
+def test_each_mode_runs_and_checkpoints(dataset: Path, tmp_path: Path, training: dict) -> None:
+    cfg = tiny_config(**training)
+    status = Trainer(cfg, load_dataset(dataset), tmp_path / "run", device="cpu").run()
+    assert status == "completed"
+    assert _finished(tmp_path / "run") == {**_finished(tmp_path / "run"), "status": "completed"}
+    events = read_events(tmp_path / "run" / "events.jsonl")
+    iters = [e for e in events if e["event"] == "iteration"]
+    assert [e["iteration"] for e in iters] == [1, 2]
+    for e in iters:
+        assert all(torch.isfinite(torch.tensor(v)) for v in e["losses"].values())
+    val = [e for e in events if e["event"] == "validation"]
+    assert len(val) == 1 and 0.0 <= val[0]["mean_dice"] <= 1.0
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["iteration"] == 2
+    assert len(last["networks"]) == (1 if training["mode"] == "supervised" else 2)
+    assert (tmp_path / "run" / "best.pt").is_file()
+    assert TrainConfig.load(tmp_path / "run" / "config.json") == cfg
+
+
+def test_losses_decrease_on_learnable_case(dataset: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(iterations=30, lr=3e-3, schedule="constant")
+    Trainer(cfg, load_dataset(dataset), tmp_path / "run", device="cpu").run()
+    iters = [e for e in read_events(tmp_path / "run" / "events.jsonl") if e["event"] == "iteration"]
+    sup = [(e["losses"]["sup_a"] + e["losses"]["sup_b"]) / 2 for e in iters]
+    first, last = sum(sup[:5]) / 5, sum(sup[-5:]) / 5
+    assert last < 0.8 * first, (first, last)
+
+
+def test_existing_run_is_refused_and_locked_run_too(dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    Trainer(tiny_config(iterations=1), load_dataset(dataset), run, device="cpu").run()
+    with pytest.raises(OutputExistsError, match="already holds a run"):
+        Trainer(tiny_config(iterations=1), load_dataset(dataset), run, device="cpu")
+    with RunLock(run), pytest.raises(RunLockedError, match="another process"):
+        Trainer(tiny_config(iterations=2), load_dataset(dataset), run, resume=True, device="cpu").run()
+
+
+def _train_cmd(data: Path, run: Path, config: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "dkuxnet", "train", "--data", str(data), "--out", str(run),
+        "--config", str(config), "--device", "cpu", "--quiet", *extra,
+    ]  # fmt: skip
+
+
+def _weights(path: Path) -> list[dict[str, torch.Tensor]]:
+    return load_checkpoint(path)["networks"]
+
+
+def _wait_for(run: Path, predicate, timeout: float = 240.0) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if any(predicate(e) for e in read_events(run / "events.jsonl")):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting in {run}")
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def test_resume_after_sigkill_is_exact(dataset: Path, tmp_path: Path) -> None:
+    """2k iterations straight == k, SIGKILL, resume to 2k (same weights, bit for bit)."""
+    config = tmp_path / "cfg.json"
+    tiny_config(iterations=6).save(config)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(_train_cmd(dataset, straight, config), check=True, env=_env(), timeout=300)
+    proc = subprocess.Popen(_train_cmd(dataset, killed, config), env=_env())
+    try:
+        _wait_for(killed, lambda e: e["event"] == "checkpoint" and e["iteration"] >= 3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert load_checkpoint(killed / "last.pt")["iteration"] < 6
+    subprocess.run(_train_cmd(dataset, killed, config, "--resume"), check=True, env=_env(), timeout=300)
+    for a, b in zip(_weights(straight / "last.pt"), _weights(killed / "last.pt"), strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_sigterm_cancels_cleanly(dataset: Path, tmp_path: Path) -> None:
+    config = tmp_path / "cfg.json"
+    tiny_config(iterations=500, checkpoint_every=1000).save(config)
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_train_cmd(dataset, run, config), env=_env())
+    try:
+        _wait_for(run, lambda e: e["event"] == "iteration" and e["iteration"] >= 2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 3
+    finally:
+        proc.kill()
+    assert _finished(run)["status"] == "cancelled"
+    it = load_checkpoint(run / "last.pt")["iteration"]
+    assert 2 <= it < 500
+
+
+def test_unknown_config_key_is_a_clear_cli_error(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli_main(
+        ["train", "--data", str(dataset), "--out", str(tmp_path / "r"), "--set", "training.iteratons=5"]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "training.iteratons" in err and "did you mean 'iterations'" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_torchrun_ddp_on_cpu(dataset: Path, tmp_path: Path) -> None:
+    config = tmp_path / "cfg.json"
+    tiny_config(iterations=2).save(config)
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += _train_cmd(dataset, run, config)[1:]
+    subprocess.run(cmd, check=True, env=_env(), timeout=300)
+    events = read_events(run / "events.jsonl")
+    started = [e for e in events if e["event"] == "started"]
+    assert len(started) == 1 and started[0]["world_size"] == 2  # only rank 0 writes
+    assert _finished(run)["status"] == "completed"
+    assert load_checkpoint(run / "last.pt")["iteration"] == 2
+    assert json.loads((run / "config.json").read_text())["training"]["iterations"] == 2
