@@ -8,6 +8,19 @@ from monai.networks.layers import Conv, DropPath
 from torch import nn
 
 
+def depthwise_friendly(x: torch.Tensor) -> torch.Tensor:
+    """Lay a 5D tensor out channels-last before a depthwise 3D convolution.
+
+    PyTorch's CPU backward of a depthwise ``Conv3d`` on a contiguous (NCDHW) tensor falls back
+    to a very slow kernel: measured on 2 CPU cores, (4, 32, 16, 32, 32) with kernel 5 took 13.2 s
+    contiguous and 0.26 s channels-last (16 channels, kernel 7: 21.6 s vs 0.19 s). Values are
+    identical; only the memory layout changes. 4D (2D images) tensors are returned unchanged.
+    """
+    if x.ndim == 5:
+        return x.contiguous(memory_format=torch.channels_last_3d)
+    return x
+
+
 class ChannelsFirstLayerNorm(nn.Module):
     """LayerNorm over the channel axis of a ``(B, C, *spatial)`` tensor (any dimensionality)."""
 
@@ -68,7 +81,7 @@ class UXBlock(nn.Module):
         self._scale_shape = (1, channels) + (1,) * spatial_dims
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.project(self.act(self.expand(self.norm(self.dwconv(x)))))
+        y = self.project(self.act(self.expand(self.norm(self.dwconv(depthwise_friendly(x))))))
         if self.gamma is not None:
             y = y * self.gamma.view(self._scale_shape)
         return x + self.drop_path(y)

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from monai.networks.layers import Conv
 from torch import nn
 
+from dkuxnet.model.blocks import depthwise_friendly
+
 _EPS = 1e-6
 
 
@@ -137,7 +139,7 @@ class PixelHead(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.net(x), dim=1)
+        return F.normalize(self.net(depthwise_friendly(x)), dim=1)
 
 
 class KMaXDecoder(nn.Module):
