@@ -1,0 +1,10 @@
+"""Prediction: sliding-window inference, test-time augmentation, post-processing."""
+
+from dkuxnet.inference.predictor import (
+    PredictionResult,
+    Predictor,
+    count_windows,
+    keep_largest_component,
+)
+
+__all__ = ["PredictionResult", "Predictor", "count_windows", "keep_largest_component"]

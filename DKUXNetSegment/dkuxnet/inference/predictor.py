@@ -1,0 +1,453 @@
+"""Turn trained networks into segmentations that land on the voxels they were computed for.
+
+A :class:`Predictor` is built once (from networks, or from a checkpoint that carries its own
+config) and reused for any number of images. For one image it
+
+1. optionally resamples the volume to the checkpoint's ``data.target_spacing`` (linear);
+2. normalises intensities exactly as training did (:func:`dkuxnet.data.normalize_image`);
+3. runs MONAI's ``sliding_window_inference`` with the training patch size, the configured
+   overlap and Gaussian blending; each window is a batch on the compute device, the stitched
+   result is kept on the CPU so a whole LA volume (576 x 576 x 88) never sits on the GPU;
+4. averages softmax probabilities over the chosen networks (``both`` = the two networks of a
+   dual checkpoint) and, with test-time augmentation, over all 2**3 axis-flip combinations
+   (nnU-Net's mirroring), inside each window;
+5. takes the argmax, keeps the largest connected component of each foreground class, and
+   resamples the label back onto the input grid (nearest neighbour).
+
+The output always has the input's exact size, origin, spacing and direction.
+
+Axis order follows :mod:`dkuxnet.io`: arrays are ``(Z, Y, X)``; network tensors
+``(B, C, D, H, W)`` with ``(D, H, W) == (Z, Y, X)``; spacing and origin ``(x, y, z)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+
+from dkuxnet.config import TrainConfig
+from dkuxnet.data import normalize_image
+from dkuxnet.device import resolve_device
+from dkuxnet.errors import CheckpointError, ConfigError, InputError
+from dkuxnet.io import Volume
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+
+NETWORK_CHOICES: tuple[str, ...] = ("both", "a", "b")
+#: Standard deviation of the Gaussian blending window as a fraction of the window side (MONAI).
+GAUSSIAN_SIGMA_SCALE = 0.125
+#: Spatial tensor dims of ``(B, K, D, H, W)`` that test-time augmentation flips.
+_SPATIAL_DIMS = (2, 3, 4)
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    """What :meth:`Predictor.predict_volume` returns.
+
+    Attributes:
+        label: ``uint8`` class map ``(Z, Y, X)`` with the input volume's exact geometry.
+        probabilities: ``float32`` foreground probability ``(Z, Y, X)`` on the same grid, i.e.
+            ``1 - p(background)`` (for two classes this is the foreground class probability;
+            with more classes it is the probability of "any foreground"), or ``None`` when not
+            asked for.
+    """
+
+    label: Volume
+    probabilities: Volume | None = None
+
+
+def count_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> int:
+    """Number of windows ``sliding_window_inference`` visits (its own scan rule).
+
+    Args:
+        image_size: spatial size ``(D, H, W)`` of the image.
+        roi_size: window size ``(D, H, W)``.
+        overlap: overlap fraction in ``[0, 1)``.
+    """
+    total = 1
+    for size, roi in zip(image_size, roi_size, strict=True):
+        size = max(int(size), int(roi))  # smaller images are padded to the window
+        if size > roi:
+            interval = max(int(roi * (1 - overlap)), 1)
+            total *= math.ceil((size - roi) / interval) + 1
+    return total
+
+
+def keep_largest_component(label: np.ndarray, num_classes: int) -> np.ndarray:
+    """Keep only the largest 26-connected component of each foreground class.
+
+    Same rule as MONAI's ``KeepLargestConnectedComponent(independent=True)`` with full
+    connectivity, computed with ``scipy.ndimage`` (MONAI's needs scikit-image). Removed voxels
+    become background.
+
+    Args:
+        label: class map ``(Z, Y, X)``.
+        num_classes: K, background included.
+
+    Returns:
+        A new class map of the same shape and dtype.
+    """
+    out = label.copy()
+    structure = ndimage.generate_binary_structure(label.ndim, label.ndim)
+    for cls in range(1, num_classes):
+        mask = label == cls
+        components, count = ndimage.label(mask, structure=structure)
+        if count <= 1:
+            continue
+        sizes = np.bincount(components.ravel())
+        sizes[0] = 0
+        out[mask & (components != int(np.argmax(sizes)))] = 0
+    return out
+
+
+def resample_to_spacing(
+    volume: Volume, spacing: Sequence[float], *, interpolator: int = sitk.sitkLinear
+) -> Volume:
+    """Resample onto a grid of another spacing that covers the same physical box.
+
+    The grid keeps the direction; its size is ``round(size * spacing / new_spacing)`` and its
+    origin moves so that the outer voxel corners stay where they were.
+
+    Args:
+        volume: input volume (resampled as ``float32``).
+        spacing: new spacing ``(x, y, z)`` in mm.
+        interpolator: a SimpleITK interpolator (linear for images).
+    """
+    old = np.asarray(volume.spacing, dtype=np.float64)
+    new = np.asarray(spacing, dtype=np.float64)
+    size = [max(1, round(n * s / t)) for n, s, t in zip(volume.size, old, new, strict=True)]
+    origin = np.asarray(volume.origin) + volume.direction @ ((new - old) / 2.0)
+    image = sitk.Cast(volume.to_sitk(), sitk.sitkFloat32)
+    resampled = sitk.Resample(
+        image,
+        [int(v) for v in size],
+        sitk.Transform(),
+        interpolator,
+        tuple(float(v) for v in origin),
+        tuple(float(v) for v in new),
+        tuple(float(v) for v in volume.direction.ravel()),
+        0.0,
+        sitk.sitkFloat32,
+    )
+    return Volume.from_sitk(resampled)
+
+
+def resample_onto(volume: Volume, reference: Volume, *, interpolator: int) -> np.ndarray:
+    """Resample ``volume`` onto ``reference``'s grid; returns the array ``(Z, Y, X)``.
+
+    Args:
+        volume: what to resample (its dtype is kept).
+        reference: the grid (size, origin, spacing, direction) to land on.
+        interpolator: ``sitk.sitkNearestNeighbor`` for labels, ``sitk.sitkLinear`` otherwise.
+    """
+    image = volume.to_sitk()
+    resampled = sitk.Resample(
+        image,
+        [int(v) for v in reference.size],
+        sitk.Transform(),
+        interpolator,
+        reference.origin,
+        reference.spacing,
+        tuple(float(v) for v in reference.direction.ravel()),
+        0.0,
+        image.GetPixelID(),
+    )
+    return sitk.GetArrayFromImage(resampled)
+
+
+class Predictor:
+    """Sliding-window prediction with one or two trained networks.
+
+    Args:
+        networks: one network (supervised run) or two (dual run), each mapping
+            ``(B, C, D, H, W)`` to a :class:`~dkuxnet.model.ModelOutput`. They are moved to
+            ``device`` once; every call runs them in eval mode and restores the mode they had
+            (so a trainer can validate with its live networks).
+        config: the run's recipe: patch size, preprocessing, inference settings, model head.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or a ``torch.device``.
+        tta: average over flips (``None`` = ``config.inference.tta``).
+        networks_choice: ``both``, ``a`` or ``b`` (``None`` = ``config.inference.networks``).
+            ``both`` with a single network uses that network.
+        largest_component: keep the largest connected component per foreground class
+            (``None`` = ``config.inference.largest_component``).
+        sw_batch_size: windows per forward pass (``None`` = ``config.inference.sw_batch_size``).
+        amp: mixed precision for the forward pass (``None`` = on for CUDA, off on CPU).
+
+    Raises:
+        ConfigError: an unknown ``networks_choice``, ``b`` asked of a single-network model, a
+            multi-channel model, or an unavailable device.
+    """
+
+    def __init__(
+        self,
+        networks: Sequence[torch.nn.Module],
+        config: TrainConfig,
+        device: str | torch.device = "auto",
+        *,
+        tta: bool | None = None,
+        networks_choice: str | None = None,
+        largest_component: bool | None = None,
+        sw_batch_size: int | None = None,
+        amp: bool | None = None,
+    ) -> None:
+        if not networks:
+            raise ConfigError("Predictor needs at least one network")
+        if config.model.in_channels != 1:
+            raise ConfigError(
+                f"model.in_channels is {config.model.in_channels}; prediction supports "
+                "single-channel images only"
+            )
+        inference = config.inference
+        choice = inference.networks if networks_choice is None else networks_choice
+        if choice not in NETWORK_CHOICES:
+            raise ConfigError(
+                f"networks must be one of {', '.join(NETWORK_CHOICES)}, got {choice!r}"
+            )
+        if choice == "b" and len(networks) < 2:
+            raise ConfigError("networks 'b' asked for, but this model has a single network")
+        self.config = config
+        self.device = resolve_device(device)
+        self.tta = inference.tta if tta is None else bool(tta)
+        self.networks_choice = choice
+        self.largest_component = (
+            inference.largest_component if largest_component is None else bool(largest_component)
+        )
+        self.sw_batch_size = inference.sw_batch_size if sw_batch_size is None else sw_batch_size
+        if self.sw_batch_size < 1:
+            raise ConfigError(f"sw_batch_size must be >= 1, got {self.sw_batch_size}")
+        self.amp = (self.device.type == "cuda") if amp is None else bool(amp)
+        self.num_classes = config.model.out_channels
+        self.patch_size = tuple(config.data.patch_size)
+        selected = {"both": list(networks), "a": [networks[0]], "b": [networks[-1]]}[choice]
+        self.networks: list[torch.nn.Module] = [net.to(self.device) for net in selected]
+        for net in self.networks:
+            net.eval()
+        flips: list[tuple[int, ...]] = [()]
+        if self.tta:
+            flips += [
+                axes
+                for r in range(1, len(_SPATIAL_DIMS) + 1)
+                for axes in itertools.combinations(_SPATIAL_DIMS, r)
+            ]
+        self._flips = flips
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike[str], device: str | torch.device = "auto", **overrides: Any
+    ) -> Predictor:
+        """Rebuild the networks of a checkpoint (file or run folder) and wrap them.
+
+        Args:
+            path: a ``.pt`` checkpoint, or a run folder (``best.pt``, else ``last.pt``).
+            device: see :class:`Predictor`.
+            **overrides: keyword arguments of :class:`Predictor` (``tta``, ``networks_choice``,
+                ``largest_component``, ``sw_batch_size``, ``amp``).
+
+        Raises:
+            CheckpointError: missing, foreign, newer or damaged checkpoint, or weights that do
+                not fit the model its config describes.
+        """
+        from dkuxnet.model import build_model
+        from dkuxnet.training.checkpoint import load_checkpoint
+
+        record = load_checkpoint(path)
+        config: TrainConfig = record["train_config"]
+        networks: list[torch.nn.Module] = []
+        for i, state in enumerate(record["networks"]):
+            net = build_model(config.model)
+            try:
+                net.load_state_dict(state, strict=True)
+            except (RuntimeError, TypeError, AttributeError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                raise CheckpointError(
+                    f"{record['path']}: network {i} does not fit the model its config "
+                    f"describes: {first}"
+                ) from exc
+            networks.append(net)
+        log.info(
+            "loaded %s (%s, iteration %s, %d network(s))",
+            record["path"],
+            record.get("kind", "?"),
+            record.get("iteration", "?"),
+            len(networks),
+        )
+        return cls(networks, config, device, **overrides)
+
+    # ------------------------------------------------------------------------------ arrays
+    def predict_probabilities(
+        self, image: np.ndarray, progress: ProgressCallback | None = None
+    ) -> np.ndarray:
+        """Class probabilities of one image.
+
+        Args:
+            image: raw intensities ``(Z, Y, X)``, any size (smaller than the patch is padded).
+            progress: called as ``progress(done, total)`` after each batch of windows.
+
+        Returns:
+            ``float32`` probabilities ``(K, Z, Y, X)``, summing to 1 over ``K``.
+
+        Raises:
+            InputError: the image is not 3D, is empty, or has non-finite values.
+        """
+        from monai.inferers import sliding_window_inference
+
+        image = np.asarray(image)
+        if image.ndim != 3:
+            raise InputError(f"need a 3D image (z, y, x), got an array of shape {image.shape}")
+        if image.size == 0:
+            raise InputError("the image is empty (a side of length 0)")
+        if not np.issubdtype(image.dtype, np.number) or np.issubdtype(
+            image.dtype, np.complexfloating
+        ):
+            raise InputError(f"need a real-valued image, got dtype {image.dtype}")
+        if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+            raise InputError("the image has NaN or infinite values")
+        x = torch.from_numpy(normalize_image(image))[None, None]  # (1, 1, Z, Y, X)
+        total = count_windows(image.shape, self.patch_size, self.config.inference.overlap)
+        done = [0]
+
+        def windows(batch: torch.Tensor) -> torch.Tensor:  # (n, 1, *patch) -> (n, K, *patch)
+            probs = self._predict_windows(batch)
+            done[0] += int(batch.shape[0])
+            if progress is not None:
+                progress(min(done[0], total), total)
+            return probs
+
+        with self._eval_mode(), torch.inference_mode():
+            out = sliding_window_inference(
+                x,
+                roi_size=self.patch_size,
+                sw_batch_size=self.sw_batch_size,
+                predictor=windows,
+                overlap=self.config.inference.overlap,
+                mode=self.config.inference.blend,
+                sigma_scale=GAUSSIAN_SIGMA_SCALE,
+                padding_mode="constant",
+                cval=0.0,
+                sw_device=self.device,
+                device=torch.device("cpu"),
+            )
+        assert isinstance(out, torch.Tensor)
+        probs = out[0].float().numpy()
+        log.debug("predicted %s in %d windows", image.shape, done[0])
+        return np.ascontiguousarray(probs, dtype=np.float32)
+
+    def predict_label(
+        self, image: np.ndarray, progress: ProgressCallback | None = None
+    ) -> np.ndarray:
+        """Class map of one image.
+
+        Args:
+            image: raw intensities ``(Z, Y, X)``.
+            progress: see :meth:`predict_probabilities`.
+
+        Returns:
+            ``uint8`` argmax ``(Z, Y, X)``, post-processed as configured.
+        """
+        return self.label_from_probabilities(self.predict_probabilities(image, progress))
+
+    def label_from_probabilities(self, probabilities: np.ndarray) -> np.ndarray:
+        """Argmax ``(K, Z, Y, X) -> (Z, Y, X) uint8``, then the largest-component filter.
+
+        Computed class by class (ties go to the lower class, as ``np.argmax``) so that a large
+        volume needs one float and one byte map, not an int64 index array.
+        """
+        best = probabilities[0].copy()
+        label = np.zeros(best.shape, dtype=np.uint8)
+        for k in range(1, probabilities.shape[0]):
+            better = probabilities[k] > best
+            label[better] = k
+            np.maximum(best, probabilities[k], out=best)
+        del best
+        if self.largest_component:
+            label = keep_largest_component(label, self.num_classes)
+        return label
+
+    # ----------------------------------------------------------------------------- volumes
+    def predict_volume(
+        self,
+        volume: Volume,
+        progress: ProgressCallback | None = None,
+        probabilities: bool = False,
+    ) -> PredictionResult:
+        """Segment a volume; the result has the volume's exact geometry.
+
+        Args:
+            volume: the image with its geometry.
+            progress: see :meth:`predict_probabilities`.
+            probabilities: also return the foreground probability map.
+
+        Returns:
+            A :class:`PredictionResult` on the input grid.
+        """
+        target = tuple(self.config.data.target_spacing)
+        work = volume
+        resampled = bool(target) and not np.allclose(volume.spacing, target, rtol=1e-6, atol=0)
+        if resampled:
+            work = resample_to_spacing(volume, target, interpolator=sitk.sitkLinear)
+            log.debug(
+                "resampled %s at %s mm to %s at %s mm",
+                volume.size,
+                volume.spacing,
+                work.size,
+                work.spacing,
+            )
+        probs = self.predict_probabilities(work.array, progress)
+        label = self.label_from_probabilities(probs)
+        foreground = (1.0 - probs[0]).astype(np.float32) if probabilities else None
+        del probs
+        if resampled:
+            label = resample_onto(
+                work.with_array(label), volume, interpolator=sitk.sitkNearestNeighbor
+            ).astype(np.uint8)
+            if foreground is not None:
+                foreground = resample_onto(
+                    work.with_array(foreground), volume, interpolator=sitk.sitkLinear
+                ).astype(np.float32)
+        return PredictionResult(
+            label=volume.with_array(label),
+            probabilities=None if foreground is None else volume.with_array(foreground),
+        )
+
+    # ----------------------------------------------------------------------------- helpers
+    def _predict_windows(self, batch: torch.Tensor) -> torch.Tensor:
+        """Mean probabilities over networks and flips: ``(n, 1, *P) -> (n, K, *P)`` float32."""
+        head = self.config.model.prediction_head
+        total: torch.Tensor | None = None
+        passes = 0
+        for axes in self._flips:
+            flipped = torch.flip(batch, axes) if axes else batch
+            for net in self.networks:
+                with torch.autocast(self.device.type, enabled=self.amp):
+                    output = net(flipped)
+                probs = output.probabilities(head).float()  # (n, K, *P)
+                if axes:
+                    probs = torch.flip(probs, axes)
+                total = probs if total is None else total + probs
+                passes += 1
+        assert total is not None
+        return total / passes
+
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        modes = [net.training for net in self.networks]
+        try:
+            for net in self.networks:
+                net.eval()
+            yield
+        finally:
+            for net, mode in zip(self.networks, modes, strict=True):
+                net.train(mode)

@@ -1,0 +1,308 @@
+"""``dkuxnet predict`` and ``dkuxnet evaluate`` end to end (tiny model, tiny volumes)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from dkuxnet.cli import main
+from dkuxnet.config import DataConfig, ModelConfig, TrainConfig
+from dkuxnet.events import read_events
+from dkuxnet.io import Volume, read_volume, write_volume
+from dkuxnet.model import build_model
+from dkuxnet.training.checkpoint import save_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+GEOMETRY = {
+    "spacing": (0.9, 1.2, 2.0),
+    "origin": (3.0, -7.5, 11.0),
+    "direction": np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]),
+}
+
+
+def tiny_config(patch: tuple[int, int, int] = (16, 16, 32)) -> TrainConfig:
+    model = ModelConfig.preset(
+        "lite",
+        feature_sizes=(8, 16, 24, 32),
+        hidden_size=24,
+        num_queries=6,
+        query_dim=16,
+        embed_dim=8,
+        kmax_heads=2,
+        kmax_ffn_dim=16,
+        kernel_size=3,
+    )
+    return TrainConfig(model=model, data=DataConfig(patch_size=patch))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = tiny_config()
+    torch.manual_seed(0)
+    nets = [build_model(config.model) for _ in range(2)]
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    payload = {
+        "kind": "model",
+        "config": config.to_dict(),
+        "networks": [m.state_dict() for m in nets],
+        "iteration": 0,
+    }
+    save_checkpoint(payload, path)
+    return path
+
+
+def _image(seed: int = 0, shape: tuple[int, int, int] = (12, 14, 20)) -> Volume:
+    array = np.random.default_rng(seed).normal(100, 20, shape).astype(np.int16)
+    return Volume(array, **GEOMETRY)  # type: ignore[arg-type]
+
+
+def test_predict_one_file_with_events(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_volume(_image(), tmp_path / "in.nrrd")
+    events = tmp_path / "events.jsonl"
+    out = tmp_path / "out" / "pred.nii.gz"
+    argv = ["predict", "--model", str(checkpoint), "--input", str(tmp_path / "in.nrrd")]
+    argv += ["--output", str(out), "--device", "cpu", "--events", str(events)]
+    assert main(argv + ["--probabilities"]) == 0
+    pred = read_volume(out)
+    assert pred.array.dtype == np.uint8
+    assert pred.same_geometry(read_volume(tmp_path / "in.nrrd"))
+    prob = read_volume(tmp_path / "out" / "pred_prob.nii.gz")
+    assert prob.array.dtype == np.float32 and prob.same_geometry(pred)
+    kinds = [e["event"] for e in read_events(events)]
+    assert kinds[0] == "started" and kinds[-1] == "finished"
+    recorded = read_events(events)
+    assert recorded[0]["job"] == "predict" and recorded[0]["total"] == 1
+    stages = {e["stage"] for e in recorded if e["event"] == "progress"}
+    assert stages == {"reading", "predicting", "writing"}
+    assert [e["path"] for e in recorded if e["event"] == "output"] == [str(out)]
+    assert recorded[-1]["status"] == "completed"
+
+    # the output exists now: refused, one clear line, nothing touched
+    before = out.read_bytes()
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already exists" in err[0] and "--overwrite" in err[0]
+    assert out.read_bytes() == before
+    assert main(argv + ["--overwrite", "--networks", "a", "--no-largest-component"]) == 0
+
+
+def test_predict_folder_checks_every_output_first(tmp_path: Path, checkpoint: Path) -> None:
+    (tmp_path / "in").mkdir()
+    for i, name in enumerate(["a.nii.gz", "b.nrrd"]):
+        write_volume(_image(i), tmp_path / "in" / name)
+    write_volume(_image(9), tmp_path / "out" / "b.nrrd")  # exists: nothing may be written
+    argv = ["predict", "--model", str(checkpoint), "--input", str(tmp_path / "in")]
+    argv += ["--output", str(tmp_path / "out"), "--device", "cpu"]
+    assert main(argv) == 1
+    assert not (tmp_path / "out" / "a.nii.gz").exists()
+    assert main(argv + ["--overwrite"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.nii.gz", "b.nrrd"]
+    for name in ["a.nii.gz", "b.nrrd"]:
+        assert read_volume(tmp_path / "out" / name).same_geometry(
+            read_volume(tmp_path / "in" / name)
+        )
+
+
+def test_predict_bad_inputs(
+    tmp_path: Path,
+    checkpoint: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    flat = sitk.GetImageFromArray(np.zeros((10, 12), np.float32))  # a 2D image
+    sitk.WriteImage(flat, str(tmp_path / "flat.nrrd"))
+    write_volume(_image(), tmp_path / "in.nrrd")
+    torch.save({"conv.weight": torch.randn(2, 2)}, tmp_path / "foreign.pt")
+
+    def predict(*extra: str) -> tuple[int, str]:
+        code = main(["predict", "--device", "cpu", *extra])
+        return code, capsys.readouterr().err
+
+    code, err = predict(
+        "--model",
+        str(checkpoint),
+        "--input",
+        str(tmp_path / "flat.nrrd"),
+        "--output",
+        str(tmp_path / "o1.nrrd"),
+    )
+    assert code == 1 and "2D" in err and not (tmp_path / "o1.nrrd").exists()
+    code, err = predict(
+        "--model",
+        str(tmp_path / "foreign.pt"),
+        "--input",
+        str(tmp_path / "in.nrrd"),
+        "--output",
+        str(tmp_path / "o2.nrrd"),
+    )
+    assert code == 1 and "not a DKUXNetSegment checkpoint" in err
+    code, err = predict(
+        "--model",
+        str(tmp_path / "missing.pt"),
+        "--input",
+        str(tmp_path / "in.nrrd"),
+        "--output",
+        str(tmp_path / "o3.nrrd"),
+    )
+    assert code == 1 and "not found" in err
+    code, err = predict(
+        "--model",
+        str(checkpoint),
+        "--input",
+        str(tmp_path / "in.nrrd"),
+        "--output",
+        str(tmp_path / "in.nrrd"),
+        "--overwrite",
+    )
+    assert code == 1 and "replace an input" in err
+    monkeypatch.setattr("dkuxnet.resources.default_model_path", lambda: None)
+    code, err = predict("--input", str(tmp_path / "in.nrrd"), "--output", str(tmp_path / "o4.nrrd"))
+    assert code == 1 and "no bundled model" in err
+    if not torch.cuda.is_available():
+        code, err = predict(
+            "--model",
+            str(checkpoint),
+            "--input",
+            str(tmp_path / "in.nrrd"),
+            "--output",
+            str(tmp_path / "o5.nrrd"),
+            "--device",
+            "cuda",
+        )
+        assert code == 1 and "cuda" in err.lower()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flat.nrrd", "foreign.pt", "in.nrrd"]
+
+
+def test_failure_is_recorded_as_a_finished_event(tmp_path: Path, checkpoint: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    argv = ["predict", "--model", str(tmp_path / "missing.pt"), "--input", str(checkpoint)]
+    argv += ["--output", str(tmp_path / "o.nrrd"), "--events", str(events)]
+    write_volume(_image(), tmp_path / "in.nrrd")
+    argv[4] = str(tmp_path / "in.nrrd")
+    assert main(argv) == 1
+    last = read_events(events)[-1]
+    assert last["event"] == "finished" and last["status"] == "failed"
+    assert "not found" in last["error"]
+
+
+def _subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO / "DKUXNetSegment") + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def test_python_m_dkuxnet_predict_subprocess(tmp_path: Path, checkpoint: Path) -> None:
+    write_volume(_image(), tmp_path / "in.nii.gz")
+    cmd = [sys.executable, "-m", "dkuxnet", "predict", "--model", str(checkpoint)]
+    cmd += ["--input", str(tmp_path / "in.nii.gz"), "--output", str(tmp_path / "out.nii.gz")]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_subprocess_env(), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert read_volume(tmp_path / "out.nii.gz").same_geometry(read_volume(tmp_path / "in.nii.gz"))
+    again = subprocess.run(cmd, capture_output=True, text=True, env=_subprocess_env(), timeout=120)
+    assert again.returncode == 1
+    assert again.stderr.strip().startswith("dkuxnet predict: error:")
+    assert "already exists" in again.stderr and "Traceback" not in again.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM semantics are POSIX")
+def test_sigterm_leaves_no_output(tmp_path: Path, checkpoint: Path) -> None:
+    write_volume(_image(shape=(64, 64, 96)), tmp_path / "in.nrrd")  # hundreds of windows
+    events = tmp_path / "events.jsonl"
+    cmd = [sys.executable, "-m", "dkuxnet", "predict", "--model", str(checkpoint), "--tta"]
+    cmd += ["--input", str(tmp_path / "in.nrrd"), "--output", str(tmp_path / "out.nrrd")]
+    cmd += ["--events", str(events)]
+    proc = subprocess.Popen(cmd, env=_subprocess_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any(e.get("stage") == "predicting" for e in read_events(events)):
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert not (tmp_path / "out.nrrd").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.jsonl", "in.nrrd"]
+    last = read_events(events)[-1]
+    assert last["event"] == "finished" and last["status"] == "cancelled"
+
+
+# ------------------------------------------------------------------------------ evaluate
+def _cube(shift: int = 0) -> np.ndarray:
+    array = np.zeros((20, 24, 24), np.uint8)
+    array[5:15, 7:17, 7 + shift : 17 + shift] = 1
+    return array
+
+
+def test_evaluate_folders_known_shift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    geometry = {"spacing": (0.5, 1.0, 2.0)}
+    for name in ["c1", "c2"]:
+        write_volume(Volume(_cube(0), **geometry), tmp_path / "labels" / f"{name}.nii.gz")  # type: ignore[arg-type]
+    write_volume(Volume(_cube(2), **geometry), tmp_path / "preds" / "c1.nii.gz")  # type: ignore[arg-type]
+    write_volume(Volume(_cube(0), **geometry), tmp_path / "preds" / "c2.nii.gz")  # type: ignore[arg-type]
+    argv = ["evaluate", "--predictions", str(tmp_path / "preds"), "--labels"]
+    argv += [str(tmp_path / "labels"), "--csv", str(tmp_path / "m.csv"), "--json"]
+    argv += [str(tmp_path / "m.json")]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "c1" in table and "mean ± std" in table and "80.00" in table
+    rows = list(csv.DictReader((tmp_path / "m.csv").read_text(encoding="utf-8").splitlines()))
+    assert [r["case"] for r in rows] == ["c1", "c2"]
+    assert float(rows[0]["dice"]) == pytest.approx(0.8)  # shift 2 of 10 along x
+    assert float(rows[0]["jaccard"]) == pytest.approx(8 / 12)
+    assert float(rows[1]["dice"]) == pytest.approx(1.0)
+    record = json.loads((tmp_path / "m.json").read_text())
+    assert record["units"] == "mm"
+    assert record["summary"]["dice"]["mean"] == pytest.approx(0.9)
+    assert record["cases"][0]["hd95"] == pytest.approx(1.0)  # 2 voxels x 0.5 mm along x
+    # voxel units: the same shift is 2 voxels
+    assert main(argv[:5] + ["--voxel-units", "--json", str(tmp_path / "v.json")]) == 0
+    voxels = json.loads((tmp_path / "v.json").read_text())
+    assert voxels["units"] == "voxels" and voxels["cases"][0]["hd95"] == pytest.approx(2.0)
+
+
+def test_evaluate_refuses_mixed_modes_and_mismatched_geometry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_volume(Volume(_cube(), spacing=(1, 1, 1)), tmp_path / "labels" / "c.nii.gz")
+    write_volume(Volume(_cube(), spacing=(1, 1, 3)), tmp_path / "preds" / "c.nii.gz")
+    assert main(["evaluate", "--predictions", str(tmp_path / "preds")]) == 1
+    assert "go together" in capsys.readouterr().err
+    code = main(
+        ["evaluate", "--predictions", str(tmp_path / "preds"), "--labels", str(tmp_path / "labels")]
+    )
+    assert code == 1 and "spacing" in capsys.readouterr().err
+
+
+def test_evaluate_model_on_dataset(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    for i, name in enumerate(["t1", "t2"]):
+        write_volume(_image(i), data / "imagesTs" / f"{name}.nii.gz")
+        label = np.zeros((12, 14, 20), np.uint8)
+        label[3:9, 4:10, 5:15] = 1
+        write_volume(_image(i).with_array(label), data / "labelsTs" / f"{name}.nii.gz")
+    write_volume(_image(5), data / "imagesTr" / "u1.nii.gz")
+    argv = ["evaluate", "--model", str(checkpoint), "--data", str(data), "--device", "cpu"]
+    assert main(argv + ["--json", str(tmp_path / "m.json")]) == 0
+    record = json.loads((tmp_path / "m.json").read_text())
+    assert [c["case"] for c in record["cases"]] == ["t1", "t2"]
+    assert "t2" in capsys.readouterr().out

@@ -1,0 +1,353 @@
+"""The predictor: geometry, sliding window, TTA, network choice, post-processing, checkpoints.
+
+Most tests use small *oracle* networks whose output is a known function of the input, so the
+expected prediction is exact; the checkpoint tests use a tiny real Dual kMaX UX-Net.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from dkuxnet.config import DataConfig, InferenceConfig, ModelConfig, TrainConfig
+from dkuxnet.errors import CheckpointError, ConfigError, InputError
+from dkuxnet.inference import Predictor, count_windows, keep_largest_component
+from dkuxnet.io import Volume, read_volume, write_volume
+from dkuxnet.model import build_model
+from dkuxnet.training.checkpoint import FORMAT_VERSION, save_checkpoint
+from torch import nn
+
+PATCH = (16, 16, 32)  # the tiny real model needs one side >= 2 x its stride
+
+
+def tiny_config(patch: tuple[int, int, int] = PATCH, **inference: object) -> TrainConfig:
+    model = ModelConfig.preset(
+        "lite",
+        feature_sizes=(8, 16, 24, 32),
+        hidden_size=24,
+        num_queries=6,
+        query_dim=16,
+        embed_dim=8,
+        kmax_heads=2,
+        kmax_ffn_dim=16,
+        kernel_size=3,
+    )
+    return TrainConfig(
+        model=model,
+        data=DataConfig(patch_size=patch),
+        inference=InferenceConfig(**inference),  # type: ignore[arg-type]
+    )
+
+
+class _Output:
+    """The part of ``ModelOutput`` the predictor uses."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
+
+    def probabilities(self, head: str = "mean") -> torch.Tensor:
+        return torch.softmax(self.logits.float(), dim=1)
+
+
+class Pointwise(nn.Module):
+    """Foreground logit = ``scale * (x - threshold)`` voxel by voxel (x: normalised image)."""
+
+    def __init__(self, scale: float = 20.0, threshold: float = 0.0) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(scale), requires_grad=False)
+        self.threshold = threshold
+
+    def forward(self, x: torch.Tensor) -> _Output:
+        fg = self.scale * (x - self.threshold)
+        return _Output(torch.cat([torch.zeros_like(fg), fg], dim=1))
+
+
+class Constant(nn.Module):
+    """Foreground probability ``p`` everywhere."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.logit = nn.Parameter(torch.tensor(math.log(p / (1 - p))), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> _Output:
+        fg = torch.full_like(x, float(self.logit))
+        return _Output(torch.cat([torch.zeros_like(fg), fg], dim=1))
+
+
+class Ramp(nn.Module):
+    """Foreground logit grows along every axis of the window: not flip-symmetric."""
+
+    def forward(self, x: torch.Tensor) -> _Output:
+        d, h, w = x.shape[2:]
+        grid = torch.meshgrid(
+            torch.linspace(-1, 1, d),
+            torch.linspace(-1, 0, h),
+            torch.linspace(0, 2, w),
+            indexing="ij",
+        )
+        fg = (grid[0] + 2 * grid[1] + 3 * grid[2])[None, None].expand_as(x) + 0 * x
+        return _Output(torch.cat([torch.zeros_like(fg), fg], dim=1))
+
+
+def oblique_volume(shape: tuple[int, int, int] = (20, 26, 30)) -> tuple[Volume, Volume]:
+    """An anisotropic, rotated image with a bright box, and the box's label (same grid)."""
+    angle = math.radians(25)
+    rz = np.array(
+        [[math.cos(angle), -math.sin(angle), 0], [math.sin(angle), math.cos(angle), 0], [0, 0, 1]]
+    )
+    rx = np.array(
+        [[1, 0, 0], [0, math.cos(0.3), -math.sin(0.3)], [0, math.sin(0.3), math.cos(0.3)]]
+    )
+    direction = rz @ rx
+    rng = np.random.default_rng(0)
+    image = rng.normal(100.0, 5.0, shape).astype(np.float32)
+    label = np.zeros(shape, np.uint8)
+    label[5:12, 8:17, 11:22] = 1
+    image[label == 1] += 200.0
+    geometry = {"spacing": (0.8, 1.1, 2.5), "origin": (-40.0, 12.5, 7.0), "direction": direction}
+    return Volume(image, **geometry), Volume(label, **geometry)  # type: ignore[arg-type]
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+# ---------------------------------------------------------------------------------- geometry
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_oblique_anisotropic_geometry_through_files(tmp_path: Path, suffix: str) -> None:
+    image, label = oblique_volume()
+    write_volume(image, tmp_path / f"image{suffix}")
+    write_volume(label, tmp_path / f"label{suffix}")
+    predictor = Predictor([Pointwise(threshold=2.0)], tiny_config(), "cpu")
+    volume = read_volume(tmp_path / f"image{suffix}")
+    result = predictor.predict_volume(volume, probabilities=True)
+    write_volume(result.label, tmp_path / f"pred{suffix}")
+    pred = read_volume(tmp_path / f"pred{suffix}")
+    reference = read_volume(tmp_path / f"label{suffix}")
+    assert pred.array.dtype == np.uint8
+    assert pred.same_geometry(reference), pred.geometry_differences(reference)
+    assert pred.same_geometry(volume)
+    # the box lands on the voxels (and so the physical place) of the label written beside it
+    assert dice(pred.array, reference.array) == 1.0
+    assert result.probabilities is not None
+    assert result.probabilities.array.dtype == np.float32
+    assert result.probabilities.same_geometry(volume)
+
+
+def test_target_spacing_resamples_and_comes_back_on_the_input_grid() -> None:
+    image, label = oblique_volume((24, 30, 34))
+    config = tiny_config()
+    config = config.replace(data=config.data.replace(target_spacing=(1.0, 1.0, 1.5)))
+    result = Predictor([Pointwise(threshold=2.0)], config, "cpu").predict_volume(
+        image, probabilities=True
+    )
+    assert result.label.same_geometry(image)
+    assert result.label.array.shape == image.array.shape
+    assert result.probabilities is not None and result.probabilities.same_geometry(image)
+    assert dice(result.label.array, label.array) > 0.8
+
+
+# ------------------------------------------------------------------------------ sliding window
+@pytest.mark.parametrize(
+    "shape",
+    [(16, 16, 32), (9, 13, 7), (37, 21, 50), (16, 40, 5)],
+    ids=["patch", "smaller", "larger-non-divisible", "mixed"],
+)
+def test_sliding_window_is_exact_for_a_pointwise_network(shape: tuple[int, int, int]) -> None:
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=shape).astype(np.float32)
+    calls: list[tuple[int, int]] = []
+    predictor = Predictor([Pointwise(scale=1.0)], tiny_config(sw_batch_size=3), "cpu")
+    probs = predictor.predict_probabilities(image, lambda d, t: calls.append((d, t)))
+    assert probs.shape == (2, *shape) and probs.dtype == np.float32
+    z = (image - image.mean()) / image.std()
+    expected = 1.0 / (1.0 + np.exp(-z))
+    np.testing.assert_allclose(probs[1], expected, atol=1e-4)
+    total = count_windows(shape, PATCH, 0.5)
+    assert calls[-1] == (total, total)
+    assert all(t == total for _, t in calls)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+def test_real_tiny_model_on_odd_sizes() -> None:
+    torch.manual_seed(0)
+    config = tiny_config()
+    predictor = Predictor([build_model(config.model)], config, "cpu")
+    for shape in [(7, 12, 10), (20, 13, 40)]:  # smaller than the patch; 2 x 1 x 2 windows
+        probs = predictor.predict_probabilities(np.random.default_rng(2).random(shape))
+        assert probs.shape == (2, *shape)
+        np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+        label = predictor.label_from_probabilities(probs)
+        assert label.shape == shape and label.dtype == np.uint8
+
+
+def test_count_windows_matches_monai() -> None:
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    for size in [(16, 16, 16), (37, 21, 50), (80, 112, 112), (88, 576, 576), (5, 200, 17)]:
+        roi = (16, 32, 16)
+        padded = tuple(max(s, r) for s, r in zip(size, roi, strict=True))
+        interval = _get_scan_interval(padded, roi, 3, (0.5,) * 3)
+        assert count_windows(size, roi, 0.5) == len(dense_patch_slices(padded, roi, interval))
+
+
+# ---------------------------------------------------------------------------- TTA / networks
+def test_tta_makes_prediction_flip_equivariant() -> None:
+    image = np.random.default_rng(3).random(PATCH).astype(np.float32)
+    flipped = image[::-1, :, ::-1].copy()
+    plain = Predictor([Ramp()], tiny_config(), "cpu", tta=False)
+    tta = Predictor([Ramp()], tiny_config(), "cpu", tta=True)
+    a, b = plain.predict_probabilities(image), plain.predict_probabilities(flipped)
+    assert not np.allclose(a[:, ::-1, :, ::-1], b, atol=1e-3)
+    a, b = tta.predict_probabilities(image), tta.predict_probabilities(flipped)
+    np.testing.assert_allclose(a[:, ::-1, :, ::-1], b, atol=1e-5)
+    assert len(tta._flips) == 8
+
+
+@pytest.mark.parametrize("choice, expected", [("both", 0.4), ("a", 0.2), ("b", 0.6)])
+def test_network_choice(choice: str, expected: float) -> None:
+    predictor = Predictor(
+        [Constant(0.2), Constant(0.6)], tiny_config(), "cpu", networks_choice=choice
+    )
+    probs = predictor.predict_probabilities(np.zeros((10, 20, 12), np.float32))
+    np.testing.assert_allclose(probs[1], expected, atol=1e-5)
+
+
+def test_network_choice_errors() -> None:
+    with pytest.raises(ConfigError, match="single network"):
+        Predictor([Constant(0.2)], tiny_config(), "cpu", networks_choice="b")
+    with pytest.raises(ConfigError, match="networks must be"):
+        Predictor([Constant(0.2)], tiny_config(), "cpu", networks_choice="c")
+    single = Predictor([Constant(0.2)], tiny_config(), "cpu", networks_choice="both")
+    np.testing.assert_allclose(single.predict_probabilities(np.zeros((4, 4, 4)))[1], 0.2, atol=1e-5)
+
+
+def test_eval_mode_is_restored() -> None:
+    net = Pointwise()
+    net.train()
+    predictor = Predictor([net], tiny_config(), "cpu")
+    net.train()  # a trainer validating with its live networks
+    predictor.predict_label(np.zeros((8, 8, 8)))
+    assert net.training
+
+
+# --------------------------------------------------------------------------- post-processing
+def test_largest_component_removes_a_spurious_blob() -> None:
+    image = np.zeros((20, 24, 24), np.float32)
+    image[3:11, 3:12, 3:12] = 1.0  # the organ
+    image[15:18, 18:21, 18:21] = 1.0  # a spurious blob
+    config = tiny_config()
+    kept = Predictor([Pointwise(threshold=0.5)], config, "cpu").predict_label(image)
+    assert kept.sum() == 8 * 9 * 9 and kept[16, 19, 19] == 0
+    both = Predictor(
+        [Pointwise(threshold=0.5)], config, "cpu", largest_component=False
+    ).predict_label(image)
+    assert both.sum() == 8 * 9 * 9 + 27
+
+
+def test_keep_largest_component_per_class() -> None:
+    label = np.zeros((10, 10, 10), np.uint8)
+    label[0:3, 0:3, 0:3] = 1
+    label[8, 8, 8] = 1
+    label[5:7, 5:7, 5:7] = 2
+    label[0, 9, 0] = 2
+    out = keep_largest_component(label, 3)
+    assert (out == 1).sum() == 27 and (out == 2).sum() == 8
+    label[3, 3, 3] = 1  # diagonal neighbour: 26-connected to the block
+    assert (keep_largest_component(label, 3) == 1).sum() == 28
+
+
+# ------------------------------------------------------------------------------- bad inputs
+def test_bad_images() -> None:
+    predictor = Predictor([Pointwise()], tiny_config(), "cpu")
+    with pytest.raises(InputError, match="3D"):
+        predictor.predict_probabilities(np.zeros((10, 10)))
+    with pytest.raises(InputError, match="NaN"):
+        predictor.predict_probabilities(np.full((8, 8, 8), np.nan))
+
+
+def test_multichannel_model_is_refused() -> None:
+    config = tiny_config()
+    config = config.replace(model=config.model.replace(in_channels=2))
+    with pytest.raises(ConfigError, match="single-channel"):
+        Predictor([Pointwise()], config, "cpu")
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def _tiny_checkpoint(path: Path, n: int = 2) -> TrainConfig:
+    config = tiny_config()
+    torch.manual_seed(0)
+    nets = [build_model(config.model) for _ in range(n)]
+    save_checkpoint(
+        {
+            "kind": "model",
+            "config": config.to_dict(),
+            "networks": [m.state_dict() for m in nets],
+            "iteration": 0,
+        },
+        path,
+    )
+    return config
+
+
+def test_from_checkpoint_file_and_run_folder(tmp_path: Path) -> None:
+    _tiny_checkpoint(tmp_path / "run" / "last.pt")
+    image = np.random.default_rng(4).random((12, 14, 20)).astype(np.float32)  # one window
+    a = Predictor.from_checkpoint(tmp_path / "run" / "last.pt", "cpu")
+    b = Predictor.from_checkpoint(tmp_path / "run", "cpu", networks_choice="a", tta=True)
+    assert len(a.networks) == 2 and len(b.networks) == 1 and b.tta
+    pa = a.predict_probabilities(image)
+    assert pa.shape == (2, 12, 14, 20)
+    np.testing.assert_allclose(pa, a.predict_probabilities(image), atol=1e-6)  # deterministic
+
+
+def test_foreign_checkpoint(tmp_path: Path) -> None:
+    torch.save({"weight": torch.randn(3, 3)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a DKUXNetSegment checkpoint"):
+        Predictor.from_checkpoint(tmp_path / "foreign.pt", "cpu")
+
+
+def test_newer_checkpoint_format(tmp_path: Path) -> None:
+    _tiny_checkpoint(tmp_path / "model.pt", n=1)
+    record = torch.load(tmp_path / "model.pt", weights_only=True)
+    record["format_version"] = FORMAT_VERSION + 1
+    torch.save(record, tmp_path / "newer.pt")
+    with pytest.raises(CheckpointError, match="newer"):
+        Predictor.from_checkpoint(tmp_path / "newer.pt", "cpu")
+
+
+def test_weights_that_do_not_fit_their_config(tmp_path: Path) -> None:
+    _tiny_checkpoint(tmp_path / "model.pt", n=1)
+    record = torch.load(tmp_path / "model.pt", weights_only=True)
+    record["config"]["model"]["hidden_size"] = 32
+    torch.save(record, tmp_path / "mismatch.pt")
+    with pytest.raises(CheckpointError, match="does not fit"):
+        Predictor.from_checkpoint(tmp_path / "mismatch.pt", "cpu")
+
+
+def test_resampling_helpers_keep_the_physical_box() -> None:
+    from dkuxnet.inference.predictor import resample_onto, resample_to_spacing
+
+    image, _ = oblique_volume((10, 12, 14))
+    coarse = resample_to_spacing(image, (1.6, 2.2, 2.5))
+    assert coarse.size == (7, 6, 10)
+    back = resample_onto(coarse, image, interpolator=sitk.sitkLinear)
+    assert back.shape == image.array.shape
+
+
+def test_label_from_probabilities_is_argmax() -> None:
+    rng = np.random.default_rng(5)
+    probs = rng.random((3, 6, 7, 8)).astype(np.float32)
+    probs[:, 0, 0, 0] = [0.3, 0.3, 0.3]  # ties go to the lower class
+    config = tiny_config()
+    config = config.replace(model=config.model.replace(out_channels=3))
+    predictor = Predictor([Pointwise()], config, "cpu", largest_component=False)
+    label = predictor.label_from_probabilities(probs)
+    assert label.dtype == np.uint8
+    np.testing.assert_array_equal(label, np.argmax(probs, axis=0))

@@ -1,0 +1,207 @@
+"""Forward and forward+backward speed and peak memory of the networks, side by side.
+
+    python benchmarks/model_speed.py [--device auto|cpu|cuda] [--repeats 3] [--size 80 112 112]
+                                     [--models lite paper unet swinunetr] [--batch N] [--no-amp]
+
+Each model runs in a fresh subprocess so that the peak resident memory (``ru_maxrss``) belongs
+to that model alone. On CPU the batch is 1 in fp32; on a GPU it is 4 with AMP (fp16 autocast)
+and the peak is ``torch.cuda.max_memory_allocated``. ``--size`` is array order (D, H, W) =
+(z, y, x): the LA patch 112 x 112 x 80 (x, y, z) is ``80 112 112``. SwinUNETR needs sides
+divisible by 32, so it runs at the size rounded up to that (shown in the table).
+
+Numbers on a shared machine are indicative only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+MODELS = ("lite", "paper", "unet", "swinunetr")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024.0 if sys.platform != "darwin" else peak / 2**20  # KiB on Linux
+
+
+def _build(name: str, size: tuple[int, int, int]) -> tuple[Any, tuple[int, int, int]]:
+    """The network and the input size it runs at."""
+    if name in ("lite", "paper"):
+        from dkuxnet.config import ModelConfig
+        from dkuxnet.model import build_model
+
+        return build_model(ModelConfig.preset(name)), size
+    if name == "unet":
+        from monai.networks.nets import UNet
+
+        net = UNet(
+            spatial_dims=3,
+            in_channels=1,
+            out_channels=2,
+            channels=(16, 32, 64, 128, 256),
+            strides=(2, 2, 2, 2),
+            num_res_units=2,
+        )
+        return net, size
+    if name == "swinunetr":
+        import importlib.util
+
+        if importlib.util.find_spec("einops") is None:
+            raise SystemExit("MONAI's SwinUNETR needs einops: pip install einops")
+        from monai.networks.nets import SwinUNETR
+
+        rounded = tuple(int(math.ceil(s / 32) * 32) for s in size)
+        return SwinUNETR(in_channels=1, out_channels=2, feature_size=24, spatial_dims=3), rounded  # type: ignore[return-value]
+    raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+
+
+def _loss(output: Any) -> Any:
+    if hasattr(output, "seg_cnn"):  # our ModelOutput: both heads get a gradient
+        return output.seg_cnn.float().mean() + output.seg_kmax.float().mean()
+    return output.float().mean()
+
+
+def worker(args: argparse.Namespace) -> dict[str, Any]:
+    """Time one model in this process; returns one table row."""
+    import torch
+    from dkuxnet.device import resolve_device
+
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    batch = args.batch or (4 if cuda else 1)
+    amp = cuda and not args.no_amp
+    torch.manual_seed(0)
+    net, size = _build(args.worker, tuple(args.size))
+    net = net.to(device)
+    params = sum(p.numel() for p in net.parameters()) / 1e6
+    x = torch.randn(batch, 1, *size, device=device)
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    def forward() -> None:
+        with torch.no_grad(), torch.autocast(device.type, enabled=amp):
+            net(x)
+
+    def forward_backward() -> None:
+        net.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, enabled=amp):
+            loss = _loss(net(x))
+        loss.backward()
+
+    row: dict[str, Any] = {
+        "model": args.worker,
+        "params_M": params,
+        "size": "x".join(str(s) for s in size),
+        "batch": batch,
+        "amp": amp,
+    }
+    for phase, fn, train in (("fwd", forward, False), ("fwd_bwd", forward_backward, True)):
+        net.train(train)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        fn()  # warm-up (allocator, kernel selection)
+        sync()
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - start)
+        row[f"{phase}_s"] = sorted(times)[len(times) // 2]  # median
+        row[f"{phase}_peak_mb"] = (
+            torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _peak_rss_mb()
+        )
+    row["device"] = (
+        torch.cuda.get_device_name(device) if cuda else f"cpu x{torch.get_num_threads()}"
+    )
+    return row
+
+
+def _run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--worker", name, "--device", args.device]
+    cmd += ["--repeats", str(args.repeats), "--size", *map(str, args.size)]
+    if args.batch:
+        cmd += ["--batch", str(args.batch)]
+    if args.no_amp:
+        cmd.append("--no-amp")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO / "DKUXNetSegment") + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"model": name, "error": reason[:100]}
+    return dict(json.loads(lines[-1]))
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    header = ["model", "params (M)", "input DxHxW", "batch", "AMP", "fwd (s)", "fwd peak (MB)"]
+    header += ["fwd+bwd (s)", "fwd+bwd peak (MB)"]
+    lines = [header]
+    for r in rows:
+        if "error" in r:
+            lines.append([r["model"], f"failed: {r['error']}"])  # spans the row
+            continue
+        lines.append(
+            [
+                r["model"],
+                f"{r['params_M']:.2f}",
+                r["size"],
+                str(r["batch"]),
+                "yes" if r["amp"] else "no",
+                f"{r['fwd_s']:.3f}",
+                f"{r['fwd_peak_mb']:.0f}",
+                f"{r['fwd_bwd_s']:.3f}",
+                f"{r['fwd_bwd_peak_mb']:.0f}",
+            ]
+        )
+    table = [row for row in lines if len(row) == len(header)]
+    widths = [max(len(row[c]) for row in table) for c in range(len(header))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) for row in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median shown)")
+    parser.add_argument(
+        "--size", type=int, nargs=3, default=[80, 112, 112], metavar=("D", "H", "W")
+    )
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--batch", type=int, default=0, help="0 = 1 on CPU, 4 on GPU")
+    parser.add_argument("--no-amp", action="store_true", help="fp32 on GPU too")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return 0
+    rows = []
+    for name in args.models:
+        print(f"... {name}", file=sys.stderr, flush=True)
+        rows.append(_run_one(name, args))
+    device = next((r["device"] for r in rows if "device" in r), args.device)
+    print(
+        f"model speed on {device} ({platform.node()}, torch threads shown); median of "
+        f"{args.repeats}; peak = {'CUDA allocated' if 'cpu' not in device else 'process RSS'}"
+    )
+    print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
