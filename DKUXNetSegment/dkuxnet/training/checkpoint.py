@@ -124,7 +124,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> 
 
 def capture_rng_state() -> dict[str, Any]:
     """All random generator states as plain values (loadable with ``weights_only=True``)."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": [

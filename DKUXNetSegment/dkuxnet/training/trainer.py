@@ -228,7 +228,7 @@ class Trainer:
         for net in networks:
             net.to(self.device)
             if self.device.type == "cuda":
-                net.to(memory_format=torch.channels_last_3d)
+                net.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
         params = [p for net in networks for p in net.parameters()]
         if tcfg.optimizer == "adamw":
             optimizer: torch.optim.Optimizer = torch.optim.AdamW(
@@ -244,7 +244,9 @@ class Trainer:
         )
         use_amp = tcfg.amp and self.device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-        start, best_metric, metrics = 0, None, {}
+        start: int = 0
+        best_metric: float | None = None
+        metrics: dict[str, Any] = {}
         if self._resume_record is not None:
             rec = self._resume_record
             for net, state in zip(networks, rec["networks"], strict=True):
