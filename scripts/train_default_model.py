@@ -58,7 +58,9 @@ def resample_dataset(src: Path, dst: Path, spacing: float) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--la-data", required=True, type=Path)
     p.add_argument("--work", required=True, type=Path)
     p.add_argument("--iterations", type=int, default=1500)

@@ -1,0 +1,104 @@
+"""Learning check: ``dual`` vs ``supervised`` at the same iteration budget, on held-out cases.
+
+Synthetic (default; CPU, minutes; no data needed)::
+
+    python scripts/learning_check.py --out /tmp/lc --iterations 120
+
+Real LA scans (after ``dkuxnet la-import SRC LA8 --labeled 8``; run on a GPU when you have
+one, resumable: rerun the same command after an interruption)::
+
+    python scripts/learning_check.py --out /tmp/lc_la --data LA8 --iterations 6000 \
+        --patch 80 112 112 --preset lite
+
+Checkpoints are chosen on a validation split of the training labels (``val_fraction``), never
+on the test cases; the test cases are scored once at the end (voxel units for LA, as the
+published tables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from dkuxnet.config import ModelConfig, TrainConfig
+from dkuxnet.data import load_dataset
+from dkuxnet.demo import DemoSettings, demo_config
+from dkuxnet.inference import Predictor
+from dkuxnet.io import read_label, read_volume
+from dkuxnet.metrics import case_metrics, summarize
+from dkuxnet.synthetic import write_synthetic_dataset
+from dkuxnet.training import Trainer
+
+log = logging.getLogger("learning_check")
+
+
+def evaluate(run: Path, data_dir: Path, voxel_units: bool, device: str) -> dict:
+    predictor = Predictor.from_checkpoint(run / "best.pt", device=device)
+    rows = []
+    for case in load_dataset(data_dir).test:
+        image = read_volume(case.image)
+        label = read_label(case.label, reference=image)
+        pred = predictor.predict_label(image.array)
+        spacing = None if voxel_units else image.spacing
+        rows.append({"case": case.name, **case_metrics(pred, label.array, spacing)})
+    return {"summary": summarize(rows), "cases": rows}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--data", type=Path, help="decathlon folder (default: make phantoms)")
+    p.add_argument("--iterations", type=int, default=120)
+    p.add_argument("--patch", type=int, nargs=3, help="patch size (z y x)")
+    p.add_argument("--preset", choices=("lite", "paper", "demo"), default="demo")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    settings = DemoSettings(iterations=args.iterations, seed=args.seed)
+    data_dir = args.data
+    if data_dir is None:
+        data_dir = args.out / "data"
+        if not data_dir.exists():
+            write_synthetic_dataset(
+                data_dir, settings.n_labeled, settings.n_unlabeled, settings.n_test,
+                shape=settings.shape, seed=settings.seed,
+            )  # fmt: skip
+    config = demo_config(settings)
+    if args.preset != "demo":
+        config = config.replace(model=ModelConfig.preset(args.preset))
+    if args.patch:
+        config = config.replace(data=config.data.replace(patch_size=tuple(args.patch)))
+    results = {}
+    for mode in ("supervised", "dual"):
+        cfg: TrainConfig = config.replace(training=config.training.replace(mode=mode))
+        run = args.out / mode
+        done = any(
+            '"status": "completed"' in line
+            for line in (run / "events.jsonl").read_text().splitlines()
+        ) if (run / "events.jsonl").exists() else False  # fmt: skip
+        if not done:
+            resume = (run / "last.pt").exists()
+            Trainer(cfg, load_dataset(data_dir), run, device=args.device, resume=resume).run()
+        results[mode] = evaluate(
+            run, data_dir, voxel_units=args.data is not None, device=args.device
+        )
+        s = results[mode]["summary"]
+        log.info("%s: test Dice %.4f ± %.4f", mode, s["dice"]["mean"], s["dice"]["std"])
+    (args.out / "learning_check.json").write_text(json.dumps(results, indent=2, default=str))
+    print(f"{'mode':12s} {'Dice':>8s} {'Jaccard':>8s} {'95HD':>8s} {'ASD':>8s}")
+    for mode, r in results.items():
+        s = r["summary"]
+        print(
+            f"{mode:12s} {100 * s['dice']['mean']:8.2f} {100 * s['jaccard']['mean']:8.2f} "
+            f"{s['hd95']['mean']:8.2f} {s['asd']['mean']:8.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
