@@ -16,6 +16,14 @@ from pathlib import Path
 import qt
 import slicer
 import vtk
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
 from dkuxnet.jobs import JobState
 from DKUXNetSegmentLib import slicer_bridge
 from DKUXNetSegmentLib.logic import (
@@ -31,13 +39,6 @@ from DKUXNetSegmentLib.logic import (
     missing_packages,
     resolve_model,
 )
-from slicer.ScriptedLoadableModule import (
-    ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
-    ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
-)
-from slicer.util import VTKObservationMixin
 
 POLL_INTERVAL_MS = 500
 
@@ -469,6 +470,7 @@ class DKUXNetSegmentTest(ScriptedLoadableModuleTest):
 
     def test_SegmentPhantom(self):
         import numpy as np
+
         from dkuxnet.resources import default_model_path
 
         model = default_model_path()

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from dkuxnet.events import EventWriter
 from dkuxnet.io import read_volume, write_volume
 

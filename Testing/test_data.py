@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from dkuxnet.data import Case, DatasetSplit, TwoStreamSampler, load_dataset, normalize_image
 from dkuxnet.errors import InputError
 from dkuxnet.io import Volume, write_volume

@@ -27,7 +27,9 @@ def test_demo_writes_a_complete_report(tmp_path: Path) -> None:
     assert len(list((out / "predictions").glob("*.nii.gz"))) == 2
 
 
-def test_demo_refuses_a_non_empty_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_refuses_a_non_empty_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "keep.txt").write_text("user file")
     with pytest.raises(OutputExistsError, match="not empty"):
         run_demo(tmp_path, DemoSettings(iterations=1), device="cpu", progress=False)

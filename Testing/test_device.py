@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from dkuxnet.device import resolve_device
 from dkuxnet.errors import ConfigError
 

@@ -7,6 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from dkuxnet.errors import InputError, OutputExistsError
 from dkuxnet.io import (
     Volume,
@@ -16,8 +19,6 @@ from dkuxnet.io import (
     strip_volume_suffix,
     write_volume,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 FORMATS = (".nrrd", ".nii.gz", ".mha")
 

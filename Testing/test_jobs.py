@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from dkuxnet.jobs import JOB_FILE, Job, JobState, child_environment, dkuxnet_command
 
 POSIX_ONLY = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")

@@ -8,6 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+
 from dkuxnet.cli import main
 from dkuxnet.data import LACropSettings, import_la, load_dataset, preprocess_la_raw, read_split_list
 from dkuxnet.errors import InputError, OutputExistsError

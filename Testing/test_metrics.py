@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 import pytest
+
 from dkuxnet.metrics import case_metrics, format_table, summarize
 
 

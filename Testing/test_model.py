@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+
 from dkuxnet.config import ModelConfig
 from dkuxnet.errors import ConfigError
 from dkuxnet.model import build_model, count_parameters

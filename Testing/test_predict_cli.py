@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+
 from dkuxnet.cli import main
 from dkuxnet.config import DataConfig, ModelConfig, TrainConfig
 from dkuxnet.events import read_events

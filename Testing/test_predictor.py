@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from torch import nn
+
 from dkuxnet.config import DataConfig, InferenceConfig, ModelConfig, TrainConfig
 from dkuxnet.errors import CheckpointError, ConfigError, InputError
 from dkuxnet.inference import Predictor, count_windows, keep_largest_component
 from dkuxnet.io import Volume, read_volume, write_volume
 from dkuxnet.model import build_model
 from dkuxnet.training.checkpoint import FORMAT_VERSION, save_checkpoint
-from torch import nn
 
 PATCH = (16, 16, 32)  # the tiny real model needs one side >= 2 x its stride
 

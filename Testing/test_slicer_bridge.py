@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from dkuxnet.io import Volume, read_volume, write_volume
 
 pytest.importorskip("slicer", reason="slicer-core is not installed")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from dkuxnet.errors import InputError
 from dkuxnet.io import read_volume
 from dkuxnet.jobs import JobState

@@ -6,12 +6,13 @@ import time
 
 import numpy as np
 import pytest
+from scipy import ndimage
+
 from dkuxnet.cli import main
 from dkuxnet.data import load_dataset
 from dkuxnet.errors import OutputExistsError
 from dkuxnet.io import read_label, read_volume
 from dkuxnet.synthetic import make_phantom, write_synthetic_dataset
-from scipy import ndimage
 
 SMALL = (24, 48, 48)
 

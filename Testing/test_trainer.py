@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from dkuxnet.cli import main as cli_main
 from dkuxnet.config import ModelConfig, TrainConfig
 from dkuxnet.data import load_dataset
@@ -98,7 +99,9 @@ def test_existing_run_is_refused_and_locked_run_too(dataset: Path, tmp_path: Pat
     with pytest.raises(OutputExistsError, match="already holds a run"):
         Trainer(tiny_config(iterations=1), load_dataset(dataset), run, device="cpu")
     with RunLock(run), pytest.raises(RunLockedError, match="another process"):
-        Trainer(tiny_config(iterations=2), load_dataset(dataset), run, resume=True, device="cpu").run()
+        Trainer(
+            tiny_config(iterations=2), load_dataset(dataset), run, resume=True, device="cpu"
+        ).run()
 
 
 def _train_cmd(data: Path, run: Path, config: Path, *extra: str) -> list[str]:
@@ -139,7 +142,9 @@ def test_resume_after_sigkill_is_exact(dataset: Path, tmp_path: Path) -> None:
     finally:
         proc.kill()
     assert load_checkpoint(killed / "last.pt")["iteration"] < 6
-    subprocess.run(_train_cmd(dataset, killed, config, "--resume"), check=True, env=_env(), timeout=300)
+    subprocess.run(
+        _train_cmd(dataset, killed, config, "--resume"), check=True, env=_env(), timeout=300
+    )
     for a, b in zip(_weights(straight / "last.pt"), _weights(killed / "last.pt"), strict=True):
         assert a.keys() == b.keys()
         for key in a:
@@ -166,7 +171,15 @@ def test_unknown_config_key_is_a_clear_cli_error(
     dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = cli_main(
-        ["train", "--data", str(dataset), "--out", str(tmp_path / "r"), "--set", "training.iteratons=5"]
+        [
+            "train",
+            "--data",
+            str(dataset),
+            "--out",
+            str(tmp_path / "r"),
+            "--set",
+            "training.iteratons=5",
+        ]
     )
     err = capsys.readouterr().err
     assert code == 1

@@ -75,6 +75,7 @@ def _loss(output: Any) -> Any:
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     """Time one model in this process; returns one table row."""
     import torch
+
     from dkuxnet.device import resolve_device
 
     device = resolve_device(args.device)

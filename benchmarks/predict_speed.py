@@ -53,10 +53,11 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     """Predict one random volume with one model in this process; returns a table row."""
     import numpy as np
     import torch
+    from torch import nn
+
     from dkuxnet.config import DataConfig, ModelConfig, TrainConfig
     from dkuxnet.inference import Predictor
     from dkuxnet.model import build_model
-    from torch import nn
 
     name, size, tta = args.worker.split(",")
     shape = tuple(int(s) for s in size.split("x"))
@@ -168,6 +169,7 @@ def main() -> int:
         print(json.dumps(worker(args)))
         return 0
     import torch
+
     from dkuxnet.device import resolve_device
 
     on_gpu = resolve_device(args.device).type == "cuda"

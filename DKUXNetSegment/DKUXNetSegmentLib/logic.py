@@ -33,6 +33,7 @@ from typing import Any
 
 import slicer
 import vtk
+
 from dkuxnet.errors import InputError
 from dkuxnet.events import EVENTS_FILE, read_events
 from dkuxnet.io import read_volume, write_volume

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 import numpy as np
 import slicer
 import vtk
+
 from dkuxnet.io import Volume
 
 log = logging.getLogger(__name__)

@@ -171,7 +171,9 @@ class Trainer:
             if case.label is None:
                 raise InputError(f"validation case {case.name} has no label")
             image = read_volume(case.image)
-            label = read_label(case.label, num_classes=self.config.model.out_channels, reference=image)
+            label = read_label(
+                case.label, num_classes=self.config.model.out_channels, reference=image
+            )
             out.append(ValidationCase(case.name, image.array, label.array))
         return out
 
@@ -322,10 +324,14 @@ class Trainer:
                     best_metric = metrics["mean_dice"]
                 events.emit("validation", iteration=it, best=improved, **metrics)
                 if improved:
-                    path = self._save(BEST, networks, optimizer, scheduler, scaler, it, best_metric, metrics)
+                    path = self._save(
+                        BEST, networks, optimizer, scheduler, scaler, it, best_metric, metrics
+                    )
                     events.emit("checkpoint", iteration=it, path=str(path), kind="best")
             if dist_info.is_main and (it % tcfg.checkpoint_every == 0 or it == total or stop):
-                path = self._save(LAST, networks, optimizer, scheduler, scaler, it, best_metric, metrics)
+                path = self._save(
+                    LAST, networks, optimizer, scheduler, scaler, it, best_metric, metrics
+                )
                 events.emit("checkpoint", iteration=it, path=str(path), kind="last")
             barrier(dist_info)
             if stop and it < total:
@@ -371,8 +377,12 @@ class Trainer:
             with autocast:
                 out_a = models[0](strong.to(dev))  # A: strong view
                 out_b = models[1](weak.to(dev))  # B: weak view
-            sup_a = supervised_loss(out_a.batch_slice(0, n_lab), labels, tcfg.lambda_query, tcfg.lambda_aux)
-            sup_b = supervised_loss(out_b.batch_slice(0, n_lab), labels, tcfg.lambda_query, tcfg.lambda_aux)
+            sup_a = supervised_loss(
+                out_a.batch_slice(0, n_lab), labels, tcfg.lambda_query, tcfg.lambda_aux
+            )
+            sup_b = supervised_loss(
+                out_b.batch_slice(0, n_lab), labels, tcfg.lambda_query, tcfg.lambda_aux
+            )
             zero = sup_a["total"].new_zeros(())
             segc_a = segc_b = qdc_a = qdc_b = zero
             if tcfg.use_segc:
@@ -443,7 +453,9 @@ class Trainer:
         payload = {
             "kind": name.removesuffix(".pt"),
             "config": self.config.to_dict(),
-            "networks": [{k: v.detach().cpu() for k, v in n.state_dict().items()} for n in networks],
+            "networks": [
+                {k: v.detach().cpu() for k, v in n.state_dict().items()} for n in networks
+            ],
             "iteration": iteration,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
