@@ -201,3 +201,36 @@ def test_torchrun_ddp_on_cpu(dataset: Path, tmp_path: Path) -> None:
     assert _finished(run)["status"] == "completed"
     assert load_checkpoint(run / "last.pt")["iteration"] == 2
     assert json.loads((run / "config.json").read_text())["training"]["iterations"] == 2
+
+
+def test_target_spacing_trains_on_resampled_cases(dataset: Path, tmp_path: Path) -> None:
+    """With data.target_spacing set, training sees the spacing the predictor will feed it."""
+    from dkuxnet.io import read_volume
+
+    cfg = tiny_config(iterations=1)
+    cfg = cfg.replace(data=cfg.data.replace(target_spacing=(1.7, 1.7, 2.3)))
+    run = tmp_path / "run"
+    assert Trainer(cfg, load_dataset(dataset), run, device="cpu").run() == "completed"
+    cached = sorted((run / "resampled").rglob("*.nii.gz"))
+    assert cached, "no resampled cases were written"
+    for path in cached:
+        spacing = read_volume(path).spacing
+        assert spacing == pytest.approx((1.7, 1.7, 2.3), rel=1e-5), path
+
+
+def test_fine_tune_from_init_keeps_the_init_model_settings(dataset: Path, tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    cfg = tiny_config(iterations=1, mode="supervised")
+    Trainer(cfg, load_dataset(dataset), first, device="cpu").run()
+    code = cli_main(
+        [
+            "train", "--data", str(dataset), "--out", str(tmp_path / "tuned"), "--init",
+            str(first / "best.pt"), "--iterations", "1", "--device", "cpu", "--quiet",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    tuned = load_checkpoint(tmp_path / "tuned" / "last.pt")
+    assert tuned["train_config"].model == cfg.model
+    assert tuned["train_config"].data.patch_size == cfg.data.patch_size
+    assert tuned["train_config"].training.mode == "dual"  # the method, not the init's recipe
+    assert len(tuned["networks"]) == 2

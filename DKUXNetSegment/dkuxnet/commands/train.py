@@ -17,7 +17,11 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="decathlon-style folder or datalist JSON")
     p.add_argument("--out", required=True, help="run folder (events, config, checkpoints)")
-    p.add_argument("--preset", choices=("lite", "paper"), default="lite", help="model preset")
+    p.add_argument(
+        "--preset",
+        choices=("lite", "paper"),
+        help="model preset for a new model (default lite; with --init, the init model's)",
+    )
     p.add_argument("--config", help="JSON file with a full or partial TrainConfig")
     p.add_argument(
         "--set",
@@ -34,7 +38,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
-    base = TrainConfig.preset(args.preset)
+    """Preset (or, fine-tuning with --init, the init model's own settings), then --config, --set."""
+    if args.init and args.preset is None:
+        from dkuxnet.training.checkpoint import load_checkpoint
+
+        init_cfg: TrainConfig = load_checkpoint(args.init)["train_config"]
+        # Keep what defines the model and its input (network, patch, spacing, inference);
+        # take the training recipe fresh (the dual method by default).
+        base = TrainConfig(model=init_cfg.model, data=init_cfg.data, inference=init_cfg.inference)
+    else:
+        base = TrainConfig.preset(args.preset or "lite")
     if args.config:
         loaded = TrainConfig.load(args.config).to_dict()
         merged = base.to_dict()

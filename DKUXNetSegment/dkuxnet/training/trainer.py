@@ -92,6 +92,46 @@ def split_validation(data: DatasetSplit, fraction: float) -> tuple[list[Case], l
     )
 
 
+def resample_cases(cases: Sequence[Case], spacing: Sequence[float], cache: Path) -> list[Case]:
+    """Cases resampled to ``spacing`` mm (x, y, z), written once into ``cache``.
+
+    Used when ``data.target_spacing`` is set, so that training sees what the predictor feeds
+    the network (it resamples inputs to the same spacing). Images are resampled linearly,
+    labels by nearest neighbour; a case already at the spacing is used as it is.
+    """
+    import SimpleITK as sitk
+
+    from dkuxnet.inference.predictor import resample_to_spacing
+    from dkuxnet.io import read_volume, write_volume
+
+    out = []
+    for case in cases:
+        image = read_volume(case.image)
+        if np.allclose(image.spacing, spacing, rtol=1e-4):
+            out.append(case)
+            continue
+        paths = []
+        for kind, path in (("image", case.image), ("label", case.label)):
+            if path is None:
+                paths.append(None)
+                continue
+            target = cache / kind / f"{case.name}.nii.gz"
+            if not target.exists():
+                volume = image if kind == "image" else read_volume(path, what="label")
+                nearest = kind == "label"
+                resampled = resample_to_spacing(
+                    volume,
+                    spacing,
+                    interpolator=sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear,
+                )
+                if nearest:
+                    resampled = resampled.with_array(np.rint(resampled.array).astype(np.uint8))
+                write_volume(resampled, target, overwrite=True)
+            paths.append(target)
+        out.append(Case(case.name, paths[0], paths[1]))
+    return out
+
+
 class Trainer:
     """Train one (supervised) or two (dual) networks into a run folder.
 
@@ -226,6 +266,12 @@ class Trainer:
             cfg.save(self.run_dir / CONFIG_FILE)
         train_cases, val_cases, val_note = split_validation(self.data, tcfg.val_fraction)
         log.info(val_note)
+        unlabeled_cases = list(self.data.unlabeled) if self.dual else []
+        if cfg.data.target_spacing:
+            cache = self.run_dir / "resampled" / f"rank{dist_info.rank}"
+            train_cases = resample_cases(train_cases, cfg.data.target_spacing, cache)
+            val_cases = resample_cases(val_cases, cfg.data.target_spacing, cache)
+            unlabeled_cases = resample_cases(unlabeled_cases, cfg.data.target_spacing, cache)
         networks = self._build_networks()
         for net in networks:
             net.to(self.device)
@@ -269,7 +315,7 @@ class Trainer:
             models = [DDP(net, device_ids=ids) for net in networks]
         sampler = TwoStreamSampler(
             train_cases,
-            self.data.unlabeled if self.dual else [],
+            unlabeled_cases,
             cfg.data.patch_size,
             labeled_batch=cfg.data.labeled_batch,
             unlabeled_batch=cfg.data.unlabeled_batch if self.dual else 0,
@@ -290,7 +336,7 @@ class Trainer:
             resumed_from=start,
             world_size=dist_info.world_size,
             labeled=len(train_cases),
-            unlabeled=len(self.data.unlabeled) if self.dual else 0,
+            unlabeled=len(unlabeled_cases),
             validation=[c.name for c in validation],
             message=val_note,
         )
