@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import types
 import typing
@@ -111,6 +112,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # JSON's NaN/Infinity would slip through every range check
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -204,6 +207,7 @@ class ModelConfig(_Section):
             raise _fail(s, "kernel_size", f"must be odd and >= 1, got {self.kernel_size}")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise _fail(s, "drop_path_rate", f"must be in [0, 1), got {self.drop_path_rate}")
+        _check_positive(s, "kmax_heads", self.kmax_heads)
         if self.query_dim % self.kmax_heads != 0:
             raise _fail(
                 s, "kmax_heads", f"must divide query_dim {self.query_dim}, got {self.kmax_heads}"
@@ -480,7 +484,7 @@ class TrainConfig(_Section):
                 raise ConfigError(f"unknown config section '{section}'; valid sections: {valid}")
             try:
                 value = json.loads(raw)
-            except json.JSONDecodeError:
+            except ValueError:  # not JSON (or an integer too long to convert): keep the text
                 value = raw
             data[section][key] = value
         return TrainConfig.from_dict(data)
@@ -494,8 +498,10 @@ class TrainConfig(_Section):
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config {path} is not a UTF-8 text (JSON) file: {exc}") from exc
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
             raise ConfigError(f"config {path} is not valid JSON: {exc}") from exc
         return cls.from_dict(data)

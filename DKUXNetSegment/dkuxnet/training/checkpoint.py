@@ -14,7 +14,9 @@ A checkpoint is a plain dictionary of tensors, numbers, strings, lists and dicts
     best_metric     float or None;  metrics  dict of the latest validation
 
 Saving goes to a temporary file in the same folder, is fsync'ed, then ``os.replace``'d over
-the target: a crash at any moment leaves either the old or the new file, never half of one.
+the target: a crash at any moment leaves either the old or the new file, never half of one
+(a SIGKILL mid-write may leave a hidden ``.NAME.*.tmp`` file, which nothing reads). A failed
+write (disk full) raises :class:`CheckpointError` and leaves the old file in place.
 """
 
 from __future__ import annotations
@@ -53,8 +55,13 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> Pa
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # disk full, quota, permissions: the old file is intact
+            raise CheckpointError(
+                f"cannot write checkpoint {path}: {exc.strerror or exc} "
+                "(the previous checkpoint, if any, is unchanged)"
+            ) from exc
         raise
     _fsync_dir(path.parent)
     return path

@@ -110,7 +110,7 @@ def resample_cases(cases: Sequence[Case], spacing: Sequence[float], cache: Path)
         if np.allclose(image.spacing, spacing, rtol=1e-4):
             out.append(case)
             continue
-        paths = []
+        paths: list[Path | None] = []
         for kind, path in (("image", case.image), ("label", case.label)):
             if path is None:
                 paths.append(None)
@@ -128,6 +128,7 @@ def resample_cases(cases: Sequence[Case], spacing: Sequence[float], cache: Path)
                     resampled = resampled.with_array(np.rint(resampled.array).astype(np.uint8))
                 write_volume(resampled, target, overwrite=True)
             paths.append(target)
+        assert paths[0] is not None
         out.append(Case(case.name, paths[0], paths[1]))
     return out
 
