@@ -55,8 +55,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             continue
         module = _load(module_name)
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        p.add_argument(
-            "-v", "--verbose", action="store_true", help="debug logging and full tracebacks"
+        p.add_argument(  # SUPPRESS: an unset sub-level flag must not undo `dkuxnet -v CMD`
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="debug logging and full tracebacks",
         )
         module.add_arguments(p)
         p.set_defaults(_module=module)

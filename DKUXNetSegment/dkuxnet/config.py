@@ -484,7 +484,7 @@ class TrainConfig(_Section):
                 raise ConfigError(f"unknown config section '{section}'; valid sections: {valid}")
             try:
                 value = json.loads(raw)
-            except ValueError:  # not JSON (or an integer too long to convert): keep the text
+            except (ValueError, RecursionError):  # not JSON (or too long/deep): keep the text
                 value = raw
             data[section][key] = value
         return TrainConfig.from_dict(data)
@@ -502,6 +502,6 @@ class TrainConfig(_Section):
             raise ConfigError(f"config {path} is not a UTF-8 text (JSON) file: {exc}") from exc
         try:
             data = json.loads(text)
-        except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
+        except (ValueError, RecursionError) as exc:  # also too long an integer, too deep nesting
             raise ConfigError(f"config {path} is not valid JSON: {exc}") from exc
         return cls.from_dict(data)

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 from dkuxnet.config import TrainConfig
-from dkuxnet.errors import ConfigError
+from dkuxnet.errors import ConfigError, InputError
 
 HELP = "train Dual kMaX UX-Net on labeled + unlabeled scans (dual or supervised mode)"
 log = logging.getLogger(__name__)
@@ -69,6 +69,11 @@ def run(args: argparse.Namespace) -> int:
 
     config = build_config(args)
     data = load_dataset(args.data)
+    if not data.labeled:  # fail before the run folder is created, naming the dataset
+        raise InputError(
+            f"{args.data}: no labeled case; training needs at least one image with a label "
+            "(labelsTr/ or a 'training' entry with 'label')"
+        )
     log.info(data.summary())
     trainer = Trainer(
         config,

@@ -33,7 +33,7 @@ from dkuxnet.config import TrainConfig
 from dkuxnet.data import Case, DatasetSplit, TwoStreamSampler
 from dkuxnet.device import resolve_device
 from dkuxnet.errors import CheckpointError, InputError, OutputExistsError
-from dkuxnet.events import EVENTS_FILE, EventWriter
+from dkuxnet.events import EVENTS_FILE, EventWriter, read_events
 from dkuxnet.losses import (
     query_distribution_consistency,
     segmentation_consistency,
@@ -133,6 +133,15 @@ def resample_cases(cases: Sequence[Case], spacing: Sequence[float], cache: Path)
     return out
 
 
+def _holds_a_run(run_dir: Path) -> bool:
+    """A checkpoint, or a session that got as far as ``started`` (an attempt that failed on
+    bad input before training began leaves only a ``finished`` event and may be retried)."""
+    if (run_dir / LAST).exists() or (run_dir / BEST).exists():
+        return True
+    events = run_dir / EVENTS_FILE
+    return events.exists() and any(e.get("event") == "started" for e in read_events(events))
+
+
 class Trainer:
     """Train one (supervised) or two (dual) networks into a run folder.
 
@@ -174,7 +183,7 @@ class Trainer:
                     training=saved.training.replace(iterations=config.training.iterations)
                 )
             config = saved
-        elif (self.run_dir / LAST).exists() or (self.run_dir / EVENTS_FILE).exists():
+        elif _holds_a_run(self.run_dir):
             raise OutputExistsError(
                 f"{self.run_dir} already holds a run; use --resume to continue it or choose "
                 "another --out folder"
