@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from tiny import save_random_checkpoint, tiny_model_config
 
 from dkuxnet.cli import main
-from dkuxnet.config import DataConfig, ModelConfig, TrainConfig
+from dkuxnet.config import DataConfig, TrainConfig
 from dkuxnet.events import read_events
 from dkuxnet.io import Volume, read_volume, write_volume
-from dkuxnet.model import build_model
-from dkuxnet.training.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 GEOMETRY = {
@@ -32,34 +31,13 @@ GEOMETRY = {
 
 
 def tiny_config(patch: tuple[int, int, int] = (16, 16, 32)) -> TrainConfig:
-    model = ModelConfig.preset(
-        "lite",
-        feature_sizes=(8, 16, 24, 32),
-        hidden_size=24,
-        num_queries=6,
-        query_dim=16,
-        embed_dim=8,
-        kmax_heads=2,
-        kmax_ffn_dim=16,
-        kernel_size=3,
-    )
+    model = tiny_model_config()
     return TrainConfig(model=model, data=DataConfig(patch_size=patch))
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    config = tiny_config()
-    torch.manual_seed(0)
-    nets = [build_model(config.model) for _ in range(2)]
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    payload = {
-        "kind": "model",
-        "config": config.to_dict(),
-        "networks": [m.state_dict() for m in nets],
-        "iteration": 0,
-    }
-    save_checkpoint(payload, path)
-    return path
+    return save_random_checkpoint(tmp_path_factory.mktemp("model") / "model.pt", tiny_config())
 
 
 def _image(seed: int = 0, shape: tuple[int, int, int] = (12, 14, 20)) -> Volume:

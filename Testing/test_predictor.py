@@ -13,30 +13,21 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from tiny import save_random_checkpoint, tiny_model_config
 from torch import nn
 
-from dkuxnet.config import DataConfig, InferenceConfig, ModelConfig, TrainConfig
+from dkuxnet.config import DataConfig, InferenceConfig, TrainConfig
 from dkuxnet.errors import CheckpointError, ConfigError, InputError
 from dkuxnet.inference import Predictor, count_windows, keep_largest_component
 from dkuxnet.io import Volume, read_volume, write_volume
 from dkuxnet.model import build_model
-from dkuxnet.training.checkpoint import FORMAT_VERSION, save_checkpoint
+from dkuxnet.training.checkpoint import FORMAT_VERSION
 
 PATCH = (16, 16, 32)  # the tiny real model needs one side >= 2 x its stride
 
 
 def tiny_config(patch: tuple[int, int, int] = PATCH, **inference: object) -> TrainConfig:
-    model = ModelConfig.preset(
-        "lite",
-        feature_sizes=(8, 16, 24, 32),
-        hidden_size=24,
-        num_queries=6,
-        query_dim=16,
-        embed_dim=8,
-        kmax_heads=2,
-        kmax_ffn_dim=16,
-        kernel_size=3,
-    )
+    model = tiny_model_config()
     return TrainConfig(
         model=model,
         data=DataConfig(patch_size=patch),
@@ -283,17 +274,7 @@ def test_multichannel_model_is_refused() -> None:
 # ------------------------------------------------------------------------------ checkpoints
 def _tiny_checkpoint(path: Path, n: int = 2) -> TrainConfig:
     config = tiny_config()
-    torch.manual_seed(0)
-    nets = [build_model(config.model) for _ in range(n)]
-    save_checkpoint(
-        {
-            "kind": "model",
-            "config": config.to_dict(),
-            "networks": [m.state_dict() for m in nets],
-            "iteration": 0,
-        },
-        path,
-    )
+    save_random_checkpoint(path, config, networks=n)
     return config
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from tiny import TINY_MODEL, save_random_checkpoint
 
 from dkuxnet.cli import main
 from dkuxnet.config import DataConfig, ModelConfig, TrainConfig
@@ -37,10 +38,6 @@ from dkuxnet.training.checkpoint import load_checkpoint, save_checkpoint
 REPO = Path(__file__).resolve().parent.parent
 PATCH = (16, 32, 32)
 SHAPE = (16, 32, 32)
-TINY_MODEL: dict[str, Any] = dict(
-    feature_sizes=(8, 12, 16, 24), hidden_size=24, num_queries=6, query_dim=16, embed_dim=8,
-    kmax_heads=2, kmax_ffn_dim=16, kernel_size=3,
-)  # fmt: skip
 
 
 def tiny_config(patch: tuple[int, int, int] = PATCH, **training: Any) -> TrainConfig:
@@ -95,17 +92,7 @@ def one_thread() -> Any:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny dual model checkpoint (random weights) for the predict cases."""
-    config = tiny_config()
-    torch.manual_seed(0)
-    nets = [build_model(config.model) for _ in range(2)]
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    payload = {
-        "kind": "model",
-        "config": config.to_dict(),
-        "networks": [n.state_dict() for n in nets],
-    }
-    save_checkpoint(payload, path)
-    return path
+    return save_random_checkpoint(tmp_path_factory.mktemp("model") / "model.pt", tiny_config())
 
 
 # -------------------------------------------------------------------------- bad-input table

@@ -327,21 +327,13 @@ def test_plots_add_columns_lazily(scene) -> None:
 def test_segment_end_to_end_with_real_predict(scene, tmp_path) -> None:
     """Real child (`python -m dkuxnet predict`) with a tiny untrained model: the chain works."""
     torch = pytest.importorskip("torch")
-    from dkuxnet.config import DataConfig, ModelConfig, TrainConfig
+    from tiny import tiny_model_config
+
+    from dkuxnet.config import DataConfig, TrainConfig
     from dkuxnet.model import build_model
     from dkuxnet.training.checkpoint import save_checkpoint
 
-    model_config = ModelConfig.preset(
-        "lite",
-        feature_sizes=(8, 16, 24, 32),
-        hidden_size=24,
-        num_queries=6,
-        query_dim=16,
-        embed_dim=8,
-        kmax_heads=2,
-        kmax_ffn_dim=16,
-        kernel_size=3,
-    )
+    model_config = tiny_model_config()
     config = TrainConfig(model=model_config, data=DataConfig(patch_size=(16, 16, 32)))
     torch.manual_seed(0)
     checkpoint = tmp_path / "tiny.pt"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY_MODEL
 
 from dkuxnet.cli import main as cli_main
 from dkuxnet.config import ModelConfig, TrainConfig
@@ -22,11 +23,6 @@ from dkuxnet.synthetic import write_synthetic_dataset
 from dkuxnet.training import Trainer
 from dkuxnet.training.checkpoint import load_checkpoint
 from dkuxnet.training.runlock import RunLock
-
-TINY_MODEL = dict(
-    feature_sizes=(8, 12, 16, 24), hidden_size=24, num_queries=6, query_dim=16, embed_dim=8,
-    kmax_heads=2, kmax_ffn_dim=16, kernel_size=3,
-)  # fmt: skip
 
 
 def tiny_config(**training: object) -> TrainConfig:

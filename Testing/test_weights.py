@@ -6,14 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import tiny_model_config
 
-from dkuxnet.config import ModelConfig
 from dkuxnet.errors import CheckpointError
 from dkuxnet.model import build_model, load_reference_weights
 from dkuxnet.model.weights import remap_reference_key
-
-TINY = dict(feature_sizes=(8, 16, 24, 32), hidden_size=24, num_queries=6, query_dim=16,
-            embed_dim=8, kmax_heads=2, kmax_ffn_dim=16, kernel_size=3)  # fmt: skip
 
 # Their name -> ours, spelled out by hand from the public code's module names
 # (uxnet_3d.downsample_layers / stages / norm{i}; encoder1..5; decoder5..1; out).
@@ -73,7 +70,7 @@ def _candidates(key: str) -> list[str]:
 
 
 def test_import_reports_loaded_missing_unexpected(tmp_path: Path) -> None:
-    model = build_model(ModelConfig.preset("lite", **TINY))
+    model = build_model(tiny_model_config())
     public = _public_state_dict(model)
     path = tmp_path / "uxnet.pth"
     torch.save({"state_dict": public}, path)
@@ -91,7 +88,7 @@ def test_import_reports_loaded_missing_unexpected(tmp_path: Path) -> None:
 
 
 def test_shape_mismatch_is_reported_not_loaded() -> None:
-    model = build_model(ModelConfig.preset("lite", **TINY))
+    model = build_model(tiny_model_config())
     public = _public_state_dict(model)
     public["uxnet_3d.stages.0.0.dwconv.weight"] = torch.zeros(8, 1, 13, 13, 13)  # kernel 13
     report = load_reference_weights(model, public)
@@ -100,7 +97,7 @@ def test_shape_mismatch_is_reported_not_loaded() -> None:
 
 
 def test_foreign_file_is_a_clear_error(tmp_path: Path) -> None:
-    model = build_model(ModelConfig.preset("lite", **TINY))
+    model = build_model(tiny_model_config())
     path = tmp_path / "notes.pth"
     torch.save({"epoch": 3, "note": "no tensors here"}, path)
     with pytest.raises(CheckpointError, match="not a state dict"):
