@@ -19,7 +19,7 @@ import numpy as np
 
 from dkuxnet.data import load_dataset
 from dkuxnet.inference import Predictor
-from dkuxnet.io import read_label, read_volume
+from dkuxnet.io import Volume, read_label, read_volume
 from dkuxnet.metrics import case_metrics
 
 FULL_FOV = 576
@@ -45,7 +45,8 @@ def main() -> None:
         py, px = (FULL_FOV - y) // 2, (FULL_FOV - x) // 2
         full = np.full((z, FULL_FOV, FULL_FOV), image.array.min(), dtype=np.float32)
         full[:, py : py + y, px : px + x] = image.array
-        padded = image.with_array(full)  # same spacing/direction; origin irrelevant for scoring
+        # same spacing/direction; the origin does not matter for scoring in voxel space
+        padded = Volume(full, image.spacing, image.origin, image.direction)
         t0 = time.perf_counter()
         crop_pred = predictor.predict_volume(image).label.array
         t_crop = time.perf_counter() - t0

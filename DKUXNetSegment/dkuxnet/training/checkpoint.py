@@ -49,6 +49,7 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> Pa
         **payload,
     }
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp_name, 0o666 & ~_current_umask())  # mkstemp makes 0600; use the usual mode
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(record, f)
@@ -65,6 +66,12 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> Pa
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:
