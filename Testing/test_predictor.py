@@ -333,3 +333,39 @@ def test_label_from_probabilities_is_argmax() -> None:
     label = predictor.label_from_probabilities(probs)
     assert label.dtype == np.uint8
     np.testing.assert_array_equal(label, np.argmax(probs, axis=0))
+
+
+# ------------------------------------------------------------------------- foreground crop
+def test_crop_volume_keeps_every_voxel_in_place() -> None:
+    from dkuxnet.inference.predictor import crop_volume, foreground_box
+
+    rng = np.random.default_rng(0)
+    array = np.zeros((10, 12, 14), np.float32)
+    array[2:7, 3:9, 4:13] = rng.random((5, 6, 9)) + 1.0
+    direction = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    volume = Volume(array, (0.7, 1.1, 2.5), (5.0, -3.0, 12.0), direction)
+    box = foreground_box(array)
+    assert box == (slice(2, 7), slice(3, 9), slice(4, 13))
+    crop = crop_volume(volume, box)
+    np.testing.assert_array_equal(crop.array, array[box])
+    full, sub = volume.to_sitk(), crop.to_sitk()
+    for ijk in [(0, 0, 0), (8, 5, 4)]:  # (i, j, k) of the crop
+        shifted = (ijk[0] + 4, ijk[1] + 3, ijk[2] + 2)
+        np.testing.assert_allclose(
+            sub.TransformIndexToPhysicalPoint(ijk), full.TransformIndexToPhysicalPoint(shifted)
+        )
+    assert foreground_box(array[box]) is None  # content touches every face: no further crop
+    assert foreground_box(np.ones((4, 4, 4))) is None  # constant image
+
+
+def test_constant_padding_is_never_segmented() -> None:
+    """A network that calls everything foreground still leaves constant padding empty."""
+    image = np.zeros((20, 40, 40), np.float32)
+    image[5:15, 10:30, 12:28] = np.random.default_rng(1).random((10, 20, 16)) + 1.0
+    volume = Volume(image, (1.0, 1.0, 1.5), (0.0, 0.0, 0.0), np.eye(3))
+    cropped = Predictor([Constant(0.9)], tiny_config(), "cpu").predict_volume(volume)
+    assert cropped.label.same_geometry(volume)
+    assert cropped.label.array[5:15, 10:30, 12:28].all()
+    assert cropped.label.array.sum() == 10 * 20 * 16
+    uncropped = Predictor([Constant(0.9)], tiny_config(crop_foreground=False), "cpu")
+    assert uncropped.predict_volume(volume).label.array.all()

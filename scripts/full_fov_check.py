@@ -33,8 +33,20 @@ def main() -> None:
     p.add_argument("--data", required=True, type=Path, help="la-import output folder")
     p.add_argument("--cases", type=int, default=3)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--no-crop-foreground",
+        action="store_true",
+        help="predict the whole padded scan (inference.crop_foreground off)",
+    )
     args = p.parse_args()
     predictor = Predictor.from_checkpoint(args.model, device=args.device)
+    if args.no_crop_foreground:
+        cfg = predictor.config
+        predictor = Predictor(
+            predictor.networks,
+            cfg.replace(inference=cfg.inference.replace(crop_foreground=False)),
+            device=args.device,
+        )
     print(
         f"{'case':22s} {'size (z,y,x)':>16s} {'Dice crop':>9s} {'Dice full':>9s} {'s crop':>7s} {'s full':>7s}"
     )

@@ -406,6 +406,8 @@ class InferenceConfig(_Section):
         networks: ``both`` averages the two networks of a dual checkpoint; ``a`` / ``b`` one.
         tta: average over flips along every spatial axis.
         largest_component: keep only the largest connected component of each foreground class.
+        crop_foreground: predict only inside the bounding box of the voxels brighter than the
+            image minimum (constant padding or an exactly-zero background is left out).
     """
 
     SECTION: typing.ClassVar[str] = "inference"
@@ -416,6 +418,7 @@ class InferenceConfig(_Section):
     networks: str = "both"
     tta: bool = False
     largest_component: bool = True
+    crop_foreground: bool = True
 
     def __post_init__(self) -> None:
         s = self.SECTION

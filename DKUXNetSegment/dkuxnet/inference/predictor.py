@@ -168,6 +168,38 @@ def resample_onto(volume: Volume, reference: Volume, *, interpolator: int) -> np
     return sitk.GetArrayFromImage(resampled)
 
 
+def foreground_box(array: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """The bounding box of the voxels brighter than the image minimum, or ``None``.
+
+    A scan padded with a constant (or surrounded by an exactly-zero background) is cropped to
+    its content before prediction, so the network never sees large constant regions it was not
+    trained on. ``None`` when the box is the whole image or the image is constant.
+    """
+    content = array > array.min()
+    if not content.any():
+        return None
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(content.any(axis=other))
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    if all(b.start == 0 and b.stop == n for b, n in zip(box, array.shape, strict=True)):
+        return None
+    return box[0], box[1], box[2]
+
+
+def crop_volume(volume: Volume, box: tuple[slice, slice, slice]) -> Volume:
+    """The sub-volume ``volume.array[box]`` with its physical position (origin) kept exact."""
+    start_ijk = np.array([box[2].start, box[1].start, box[0].start], dtype=np.float64)  # (i, j, k)
+    origin = np.asarray(volume.origin) + volume.direction @ (start_ijk * np.asarray(volume.spacing))
+    return Volume(
+        np.ascontiguousarray(volume.array[box]),
+        volume.spacing,
+        (float(origin[0]), float(origin[1]), float(origin[2])),
+        volume.direction,
+    )
+
+
 class Predictor:
     """Sliding-window prediction with one or two trained networks.
 
@@ -393,6 +425,19 @@ class Predictor:
         Returns:
             A :class:`PredictionResult` on the input grid.
         """
+        box = foreground_box(volume.array) if self.config.inference.crop_foreground else None
+        if box is not None:
+            inner = self.predict_volume(crop_volume(volume, box), progress, probabilities)
+            label = np.zeros(volume.array.shape, np.uint8)
+            label[box] = inner.label.array
+            foreground = None
+            if inner.probabilities is not None:
+                foreground = np.zeros(volume.array.shape, np.float32)
+                foreground[box] = inner.probabilities.array
+            return PredictionResult(
+                label=volume.with_array(label),
+                probabilities=None if foreground is None else volume.with_array(foreground),
+            )
         target = tuple(self.config.data.target_spacing)
         work = volume
         resampled = bool(target) and not np.allclose(volume.spacing, target, rtol=1e-6, atol=0)
