@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _table import render
+
 MODELS = ("lite", "paper", "unet", "swinunetr")
 REPO = Path(__file__).resolve().parent.parent
 
@@ -169,11 +171,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 f"{r['fwd_bwd_peak_mb']:.0f}",
             ]
         )
-    table = [row for row in lines if len(row) == len(header)]
-    widths = [max(len(row[c]) for row in table) for c in range(len(header))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) for row in lines]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(line.rstrip() for line in out)
+    return render(lines)
 
 
 def main() -> int:

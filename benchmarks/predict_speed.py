@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _table import render
+
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ("lite", "paper", "unet")
 SIZES = ("96x128x128", "88x576x576")
@@ -149,11 +151,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 gpu,
             ]
         )
-    table = [row for row in lines if len(row) == len(header)]
-    widths = [max(len(row[c]) for row in table) for c in range(len(header))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) for row in lines]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(line.rstrip() for line in out)
+    return render(lines)
 
 
 def main() -> int:
