@@ -17,13 +17,14 @@ def test_demo_writes_a_complete_report(tmp_path: Path) -> None:
         n_labeled=2, n_unlabeled=2, n_test=2, shape=(32, 48, 48), patch_size=(32, 32, 32),
         iterations=2,
     )  # fmt: skip
-    summary = run_demo(tmp_path / "demo", settings, device="cpu", progress=False)
+    result = run_demo(tmp_path / "demo", settings, device="cpu", progress=False)
     out = tmp_path / "demo"
     for name in ("report.md", "metrics.csv", "curves.png", "slices.png"):
         assert (out / name).stat().st_size > 0, name
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [r["case"] for r in rows] == ["synth_004", "synth_005"]
-    assert 0.0 <= summary["dice"]["mean"] <= 1.0
+    assert 0.0 <= result.summary["dice"]["mean"] <= 1.0
+    assert result.report == out / "report.md"
     assert len(list((out / "predictions").glob("*.nii.gz"))) == 2
 
 

@@ -37,6 +37,15 @@ class DemoSettings:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class DemoResult:
+    """What the demo produced: the metric summary, the printed table and the report file."""
+
+    summary: dict[str, Any]
+    table: str
+    report: Path
+
+
 def demo_config(settings: DemoSettings) -> TrainConfig:
     """The ``lite`` network, narrowed further so that a CPU trains it in minutes."""
     base = TrainConfig.preset("lite")
@@ -98,8 +107,8 @@ def slice_figure(cases: list[dict[str, Any]], path: Path) -> Path:
 
 def run_demo(
     out: Path, settings: DemoSettings, device: str = "auto", progress: bool = True
-) -> dict[str, Any]:
-    """Make data, train, predict and evaluate in ``out``; returns the summary."""
+) -> DemoResult:
+    """Make data, train, predict and evaluate in ``out``; the report is ``out/report.md``."""
     from dkuxnet.commands.evaluate import write_csv
     from dkuxnet.inference import Predictor
     from dkuxnet.plots import plot_curves
@@ -153,17 +162,17 @@ def run_demo(
         )
     log.info("4/4 writing the report")
     table = format_table(rows, units="mm")
-    print(table)
     write_csv(rows, out / "metrics.csv")
     plot_curves(run_dir, out / "curves.png")
     slice_figure(figure_cases, out / "slices.png")
     summary = summarize(rows)
-    (out / "report.md").write_text(
+    report = out / "report.md"
+    report.write_text(
         "# Dual kMaX UX-Net demo\n\n"
         f"{settings.n_labeled} labeled + {settings.n_unlabeled} unlabeled synthetic phantoms, "
         f"{settings.iterations} dual iterations; {settings.n_test} held-out test phantoms.\n\n"
         "```\n" + table + "\n```\n\n![curves](curves.png)\n\n![slices](slices.png)\n",
         encoding="utf-8",
     )
-    log.info("report: %s", out / "report.md")
-    return summary
+    log.info("report: %s", report)
+    return DemoResult(summary=summary, table=table, report=report)

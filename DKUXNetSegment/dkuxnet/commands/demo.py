@@ -25,5 +25,6 @@ def run(args: argparse.Namespace) -> int:
         if args.iterations <= 0:
             raise ConfigError(f"--iterations must be positive, got {args.iterations}")
         settings = DemoSettings(seed=args.seed, iterations=args.iterations)
-    run_demo(Path(args.out), settings, device=args.device, progress=not args.quiet)
+    result = run_demo(Path(args.out), settings, device=args.device, progress=not args.quiet)
+    print(result.table)
     return 0
