@@ -426,18 +426,24 @@ class Predictor:
             A :class:`PredictionResult` on the input grid.
         """
         box = foreground_box(volume.array) if self.config.inference.crop_foreground else None
-        if box is not None:
-            inner = self.predict_volume(crop_volume(volume, box), progress, probabilities)
-            label = np.zeros(volume.array.shape, np.uint8)
-            label[box] = inner.label.array
-            foreground = None
-            if inner.probabilities is not None:
-                foreground = np.zeros(volume.array.shape, np.float32)
-                foreground[box] = inner.probabilities.array
-            return PredictionResult(
-                label=volume.with_array(label),
-                probabilities=None if foreground is None else volume.with_array(foreground),
-            )
+        if box is None:
+            return self._predict_on_grid(volume, progress, probabilities)
+        inner = self._predict_on_grid(crop_volume(volume, box), progress, probabilities)
+        label = np.zeros(volume.array.shape, np.uint8)
+        label[box] = inner.label.array
+        foreground = None
+        if inner.probabilities is not None:
+            foreground = np.zeros(volume.array.shape, np.float32)
+            foreground[box] = inner.probabilities.array
+        return PredictionResult(
+            label=volume.with_array(label),
+            probabilities=None if foreground is None else volume.with_array(foreground),
+        )
+
+    def _predict_on_grid(
+        self, volume: Volume, progress: ProgressCallback | None, probabilities: bool
+    ) -> PredictionResult:
+        """Resample to the training spacing if needed, predict, and map back onto ``volume``."""
         target = tuple(self.config.data.target_spacing)
         work = volume
         resampled = bool(target) and not np.allclose(volume.spacing, target, rtol=1e-6, atol=0)
