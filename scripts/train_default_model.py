@@ -5,9 +5,10 @@
 
 Steps (each skipped when its output exists, so the script resumes after any interruption):
 1. ``import_la``: the standard 80/20 split, all 80 train-list scans labeled.
-2. Resample every scan to ``--spacing`` mm (1.25 by default: 8x fewer voxels than the
-   0.625 mm originals, what makes CPU training and whole-scan prediction affordable; the
-   predictor resamples inputs to it and predictions back to the input grid).
+2. Train at ``--spacing`` mm (1.25 by default: 8x fewer voxels than the 0.625 mm originals,
+   what makes CPU training and whole-scan prediction affordable). The trainer resamples the
+   scans once into the run folder; the predictor resamples inputs the same way and maps
+   predictions back to the input grid.
 3. Train with the held-out last ``val_fraction`` of the train list for checkpoint selection
    (``--resume`` of an existing run folder is automatic).
 4. Export ``best.pt`` as a model-only file (``--export``).
@@ -23,38 +24,12 @@ import logging
 import shutil
 from pathlib import Path
 
-import SimpleITK as sitk
-
 from dkuxnet.config import ModelConfig, TrainConfig
 from dkuxnet.data import import_la, load_dataset
-from dkuxnet.inference.predictor import resample_to_spacing
-from dkuxnet.io import read_volume, write_volume
 from dkuxnet.training import Trainer
 from dkuxnet.training.checkpoint import export_model, load_checkpoint
 
 log = logging.getLogger("train_default_model")
-
-
-def resample_dataset(src: Path, dst: Path, spacing: float) -> None:
-    """Copy a decathlon folder with every image/label resampled to ``spacing`` mm."""
-    if (dst / "done").exists():
-        return
-    for folder in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-        (dst / folder).mkdir(parents=True, exist_ok=True)
-        for path in sorted((src / folder).glob("*.nii.gz")):
-            out = dst / folder / path.name
-            if out.exists():
-                continue
-            is_label = folder.startswith("labels")
-            volume = resample_to_spacing(
-                read_volume(path),
-                (spacing,) * 3,
-                interpolator=sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear,
-            )
-            if is_label:
-                volume = volume.with_array(volume.array.astype("uint8"))
-            write_volume(volume, out)
-    (dst / "done").write_text("ok\n")
 
 
 def main() -> None:
@@ -77,8 +52,6 @@ def main() -> None:
         if imported.exists():
             shutil.rmtree(imported)
         import_la(args.la_data, imported, labeled=80)
-    resampled = args.work / f"resampled_{args.spacing:g}mm"
-    resample_dataset(imported, resampled, args.spacing)
 
     base = TrainConfig.preset("lite")
     config = TrainConfig(
@@ -101,7 +74,7 @@ def main() -> None:
         inference=base.inference,
     )
     run = args.work / f"run_{args.mode}"
-    data = load_dataset(resampled)
+    data = load_dataset(imported)  # the trainer resamples to data.target_spacing (cached in run/)
     resume = (run / "last.pt").exists()
     Trainer(config, data, run, device=args.device, resume=resume).run()
     if args.export:

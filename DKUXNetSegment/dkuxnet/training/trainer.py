@@ -106,30 +106,30 @@ def resample_cases(cases: Sequence[Case], spacing: Sequence[float], cache: Path)
 
     out = []
     for case in cases:
+        image_path = cache / "image" / f"{case.name}.nii.gz"
+        label_path = cache / "label" / f"{case.name}.nii.gz" if case.label is not None else None
+        if image_path.exists() and (label_path is None or label_path.exists()):
+            out.append(Case(case.name, image_path, label_path))  # resampled by an earlier start
+            continue
         image = read_volume(case.image)
         if np.allclose(image.spacing, spacing, rtol=1e-4):
             out.append(case)
             continue
-        paths: list[Path | None] = []
-        for kind, path in (("image", case.image), ("label", case.label)):
-            if path is None:
-                paths.append(None)
-                continue
-            target = cache / kind / f"{case.name}.nii.gz"
-            if not target.exists():
-                volume = image if kind == "image" else read_volume(path, what="label")
-                nearest = kind == "label"
-                resampled = resample_to_spacing(
-                    volume,
-                    spacing,
-                    interpolator=sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear,
-                )
-                if nearest:
-                    resampled = resampled.with_array(np.rint(resampled.array).astype(np.uint8))
-                write_volume(resampled, target, overwrite=True)
-            paths.append(target)
-        assert paths[0] is not None
-        out.append(Case(case.name, paths[0], paths[1]))
+        write_volume(
+            resample_to_spacing(image, spacing, interpolator=sitk.sitkLinear),
+            image_path,
+            overwrite=True,
+        )
+        if case.label is not None and label_path is not None:
+            label = resample_to_spacing(
+                read_volume(case.label, what="label"),
+                spacing,
+                interpolator=sitk.sitkNearestNeighbor,
+            )
+            write_volume(
+                label.with_array(np.rint(label.array).astype(np.uint8)), label_path, overwrite=True
+            )
+        out.append(Case(case.name, image_path, label_path))
     return out
 
 
