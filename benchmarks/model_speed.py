@@ -17,24 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
-import resource
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from _table import render
+from _common import peak_rss_mb, render, run_worker
 
 MODELS = ("lite", "paper", "unet", "swinunetr")
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024.0 if sys.platform != "darwin" else peak / 2**20  # KiB on Linux
 
 
 def _build(name: str, size: tuple[int, int, int]) -> tuple[Any, tuple[int, int, int]]:
@@ -125,7 +115,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             times.append(time.perf_counter() - start)
         row[f"{phase}_s"] = sorted(times)[len(times) // 2]  # median
         row[f"{phase}_peak_mb"] = (
-            torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _peak_rss_mb()
+            torch.cuda.max_memory_allocated(device) / 2**20 if cuda else peak_rss_mb()
         )
     row["device"] = (
         torch.cuda.get_device_name(device) if cuda else f"cpu x{torch.get_num_threads()}"
@@ -140,14 +130,8 @@ def _run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
         cmd += ["--batch", str(args.batch)]
     if args.no_amp:
         cmd.append("--no-amp")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO / "DKUXNetSegment") + os.pathsep + env.get("PYTHONPATH", "")
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"model": name, "error": reason[:100]}
-    return dict(json.loads(lines[-1]))
+    result = run_worker(cmd)
+    return {"model": name, "error": result} if isinstance(result, str) else result
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

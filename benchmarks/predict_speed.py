@@ -19,18 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import resource
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from _table import render
+from _common import peak_rss_mb, render, run_worker
 
-REPO = Path(__file__).resolve().parent.parent
 MODELS = ("lite", "paper", "unet")
 SIZES = ("96x128x128", "88x576x576")
 PATCH = (80, 112, 112)
@@ -44,11 +39,6 @@ QUICK_SKIP_CPU = {
     ("lite", "96x128x128", "on"),
     ("unet", "88x576x576", "on"),
 }
-
-
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024.0 if sys.platform != "darwin" else peak / 2**20
 
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
@@ -112,7 +102,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         "tta": tta,
         "windows": windows[0],
         "seconds": seconds,
-        "rss_mb": _peak_rss_mb(),
+        "rss_mb": peak_rss_mb(),
         "gpu_mb": torch.cuda.max_memory_allocated(predictor.device) / 2**20 if cuda else None,
         "device": torch.cuda.get_device_name(predictor.device)
         if cuda
@@ -122,14 +112,12 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_one(combo: tuple[str, str, str], device: str) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--worker", ",".join(combo), "--device", device]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO / "DKUXNetSegment") + os.pathsep + env.get("PYTHONPATH", "")
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"model": combo[0], "size": combo[1], "tta": combo[2], "error": reason[:100]}
-    return dict(json.loads(lines[-1]))
+    result = run_worker(cmd)
+    return (
+        {"model": combo[0], "size": combo[1], "tta": combo[2], "error": result}
+        if isinstance(result, str)
+        else result
+    )
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

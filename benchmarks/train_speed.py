@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from _common import peak_rss_mb
 
 
 def worker(
@@ -63,11 +64,7 @@ def worker(
         Trainer(cfg, data, Path(tmp) / "run", device=str(dev)).run()
         events = read_events(Path(tmp) / "run" / "events.jsonl")
     times = [1.0 / e["it_per_s"] for e in events if e["event"] == "iteration"][1:]
-    peak = (
-        torch.cuda.max_memory_allocated() / 2**20
-        if dev.type == "cuda"
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    )
+    peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else peak_rss_mb()
     return {
         "preset": preset,
         "device": str(dev),
