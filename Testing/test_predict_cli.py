@@ -285,3 +285,31 @@ def test_evaluate_model_on_dataset(
     record = json.loads((tmp_path / "m.json").read_text())
     assert [c["case"] for c in record["cases"]] == ["t1", "t2"]
     assert "t2" in capsys.readouterr().out
+
+
+def test_score_cases_matches_predict_volume(tmp_path: Path, checkpoint: Path) -> None:
+    from dkuxnet.data import Case
+    from dkuxnet.inference import Predictor, score_cases
+    from dkuxnet.metrics import case_metrics
+
+    label = np.zeros((12, 14, 20), np.uint8)
+    label[3:9, 4:10, 5:15] = 1
+    cases = []
+    for i, name in enumerate(["a", "b"]):
+        image_path = write_volume(_image(i), tmp_path / f"{name}.nii.gz")
+        label_path = write_volume(_image(i).with_array(label), tmp_path / f"{name}_seg.nii.gz")
+        cases.append(Case(name, image_path, label_path))
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    calls: list[tuple[int, int, str]] = []
+    rows = score_cases(
+        predictor, cases, voxel_units=True, style="medpy", progress=lambda *a: calls.append(a)
+    )
+    assert calls == [(1, 2, "a"), (2, 2, "b")]
+    assert [r["case"] for r in rows] == ["a", "b"]
+    for i, row in enumerate(rows):  # the same numbers as predicting and scoring by hand
+        pred = predictor.predict_volume(_image(i)).label.array
+        expected = case_metrics(pred, label, None, style="medpy")
+        assert row["dice"] == pytest.approx(expected["dice"])
+        assert row["jaccard"] == pytest.approx(expected["jaccard"])
+    with pytest.raises(ValueError, match="has no label"):
+        score_cases(predictor, [Case("u", cases[0].image, None)])

@@ -10,6 +10,12 @@ one, resumable: rerun the same command after an interruption)::
     python scripts/learning_check.py --out /tmp/lc_la --data LA8 --iterations 6000 \
         --patch 80 112 112 --preset lite
 
+On CPU, the bundled model's recipe (1.25 mm, smaller patches) makes it affordable::
+
+    python scripts/learning_check.py --out /tmp/lc_la --data LA8 --iterations 1000 \
+        --patch 32 64 80 --preset lite --set data.target_spacing=[1.25,1.25,1.25] \
+        --set training.lr=0.001 --set training.val_every=100 --set training.val_fraction=0.125
+
 Checkpoints are chosen on a validation split of the training labels (``val_fraction``), never
 on the test cases; the test cases are scored once at the end (voxel units for LA, as the
 published tables).
@@ -25,9 +31,8 @@ from pathlib import Path
 from dkuxnet.config import ModelConfig, TrainConfig
 from dkuxnet.data import load_dataset
 from dkuxnet.demo import DemoSettings, demo_config
-from dkuxnet.inference import Predictor
-from dkuxnet.io import read_label, read_volume
-from dkuxnet.metrics import case_metrics, summarize
+from dkuxnet.inference import Predictor, score_cases
+from dkuxnet.metrics import summarize
 from dkuxnet.synthetic import write_synthetic_dataset
 from dkuxnet.training import Trainer
 
@@ -35,14 +40,11 @@ log = logging.getLogger("learning_check")
 
 
 def evaluate(run: Path, data_dir: Path, voxel_units: bool, device: str) -> dict:
+    """Score ``run/best.pt`` on the test list as ``dkuxnet evaluate`` does (medpy style)."""
     predictor = Predictor.from_checkpoint(run / "best.pt", device=device)
-    rows = []
-    for case in load_dataset(data_dir).test:
-        image = read_volume(case.image)
-        label = read_label(case.label, reference=image)
-        pred = predictor.predict_label(image.array)
-        spacing = None if voxel_units else image.spacing
-        rows.append({"case": case.name, **case_metrics(pred, label.array, spacing)})
+    rows = score_cases(
+        predictor, load_dataset(data_dir).test, voxel_units=voxel_units, style="medpy"
+    )
     return {"summary": summarize(rows), "cases": rows}
 
 
@@ -57,6 +59,13 @@ def main() -> None:
     p.add_argument("--preset", choices=("lite", "paper", "demo"), default="demo")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="config override for both modes (repeatable), as in dkuxnet train",
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -74,6 +83,9 @@ def main() -> None:
         config = config.replace(model=ModelConfig.preset(args.preset))
     if args.patch:
         config = config.replace(data=config.data.replace(patch_size=tuple(args.patch)))
+    config = config.with_overrides(args.set)
+    args.out.mkdir(parents=True, exist_ok=True)
+    config.save(args.out / "config.json")
     results = {}
     for mode in ("supervised", "dual"):
         cfg: TrainConfig = config.replace(training=config.training.replace(mode=mode))

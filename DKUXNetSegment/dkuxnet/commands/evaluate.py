@@ -96,31 +96,21 @@ def _score_model(args: argparse.Namespace) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
     from dkuxnet.data import load_dataset
-    from dkuxnet.inference import Predictor
-    from dkuxnet.io import read_label, read_volume
-    from dkuxnet.metrics import case_metrics
+    from dkuxnet.inference import Predictor, score_cases
 
     split = load_dataset(args.data)
     cases = [c for c in getattr(split, args.split) if c.label is not None]
     if not cases:
         raise InputError(f"{args.data}: the {args.split} split has no case with a label")
     predictor = Predictor.from_checkpoint(args.model, args.device, tta=args.tta)
-    rows = []
-    for case in tqdm(cases, desc="cases", unit="case", disable=None, file=sys.stderr):
-        image = read_volume(case.image)
-        assert case.label is not None
-        label = read_label(
-            case.label,
-            num_classes=predictor.num_classes,
-            reference=image,
-            require_foreground=False,
-            reference_name=str(case.image),
+    with tqdm(total=len(cases), desc="cases", unit="case", disable=None, file=sys.stderr) as bar:
+        return score_cases(
+            predictor,
+            cases,
+            voxel_units=args.voxel_units,
+            style=args.style,
+            progress=lambda *_: bar.update(1),
         )
-        pred = predictor.predict_volume(image).label
-        spacing = None if args.voxel_units else image.spacing
-        metrics = case_metrics(pred.array, label.array, spacing, style=args.style)
-        rows.append({"case": case.name, **metrics})
-    return rows
 
 
 def _finite_or_none(value: Any) -> Any:

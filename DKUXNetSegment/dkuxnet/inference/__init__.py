@@ -6,5 +6,12 @@ from dkuxnet.inference.predictor import (
     count_windows,
     keep_largest_component,
 )
+from dkuxnet.inference.scoring import score_cases
 
-__all__ = ["PredictionResult", "Predictor", "count_windows", "keep_largest_component"]
+__all__ = [
+    "PredictionResult",
+    "Predictor",
+    "count_windows",
+    "keep_largest_component",
+    "score_cases",
+]
