@@ -33,7 +33,11 @@ from dkuxnet.errors import CheckpointError
 from dkuxnet.events import read_events
 from dkuxnet.io import Volume, read_volume, write_volume
 from dkuxnet.model import build_model
-from dkuxnet.training.checkpoint import load_checkpoint, save_checkpoint
+from dkuxnet.training.checkpoint import (
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PATCH = (16, 32, 32)
@@ -450,6 +454,12 @@ def test_sigkill_while_saving_checkpoints_keeps_a_loadable_one(tmp_path: Path) -
     strays = [p.name for p in tmp_path.iterdir() if p != target]
     assert all(name.startswith(".last.pt.") and name.endswith(".tmp") for name in strays)
     assert load_checkpoint(tmp_path)["iteration"] == seen[-1]  # a run folder resolves too
+    # the next run in the folder (holding its lock) removes those temporaries and nothing else
+    (tmp_path / ".best.pt.abc123.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / ".notes.tmp").write_text("the user's")
+    removed = remove_stale_temporaries(tmp_path)
+    assert {p.name for p in removed} == set(strays) | {".best.pt.abc123.tmp"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.tmp", "last.pt"]
 
 
 def _train_cmd(data: Path, run: Path, config: Path, *extra: str) -> list[str]:
@@ -511,6 +521,7 @@ def test_resume_after_sigkill_at_random_moments_is_exact(tmp_path: Path, train_d
     for run in killed:
         got = load_checkpoint(run / "last.pt")
         assert got["iteration"] == total
+        assert not list(run.glob(".*.tmp"))  # what a kill mid-save left is cleaned on resume
         for a, b in zip(expected, got["networks"], strict=True):
             assert a.keys() == b.keys()
             assert all(torch.equal(a[k], b[k]) for k in a), run

@@ -15,7 +15,8 @@ A checkpoint is a plain dictionary of tensors, numbers, strings, lists and dicts
 
 Saving goes to a temporary file in the same folder, is fsync'ed, then ``os.replace``'d over
 the target: a crash at any moment leaves either the old or the new file, never half of one
-(a SIGKILL mid-write may leave a hidden ``.NAME.*.tmp`` file, which nothing reads). A failed
+(a SIGKILL mid-write may leave a hidden ``.NAME.*.tmp`` file, which nothing reads and the next
+run in that folder removes: :func:`remove_stale_temporaries`). A failed
 write (disk full) raises :class:`CheckpointError` and leaves the old file in place.
 """
 
@@ -66,6 +67,20 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> Pa
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the hidden ``.NAME.*.tmp`` files an interrupted :func:`save_checkpoint` left.
+
+    Call it only while holding the folder's run lock (no save can be in progress then).
+    Other files are never touched. Returns what was removed.
+    """
+    removed = []
+    for stale in sorted(Path(folder).glob(".*.pt.*.tmp")):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed
 
 
 def _current_umask() -> int:

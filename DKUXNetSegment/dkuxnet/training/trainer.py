@@ -44,6 +44,7 @@ from dkuxnet.training.augment import strong_view
 from dkuxnet.training.checkpoint import (
     capture_rng_state,
     load_checkpoint,
+    remove_stale_temporaries,
     restore_rng_state,
     save_checkpoint,
 )
@@ -235,6 +236,8 @@ class Trainer:
         lock = RunLock(self.run_dir) if dist_info.is_main else None
         if lock is not None:
             lock.acquire()
+            for stale in remove_stale_temporaries(self.run_dir):
+                log.info("removed %s, left by an interrupted checkpoint write", stale.name)
         events = EventWriter(self.run_dir / EVENTS_FILE, enabled=dist_info.is_main)
         restore_signals = self._install_signal_handlers()
         try:
