@@ -255,6 +255,16 @@ def test_evaluate_folders_known_shift(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(argv[:5] + ["--voxel-units", "--json", str(tmp_path / "v.json")]) == 0
     voxels = json.loads((tmp_path / "v.json").read_text())
     assert voxels["units"] == "voxels" and voxels["cases"][0]["hd95"] == pytest.approx(2.0)
+    # an existing report is kept unless --overwrite, and the refusal comes before any scoring
+    before = (tmp_path / "v.json").read_bytes()
+    assert main(argv[:5] + ["--json", str(tmp_path / "v.json")]) == 1
+    assert "report already exists" in capsys.readouterr().err
+    assert (tmp_path / "v.json").read_bytes() == before
+    assert main(argv[:5] + ["--json", str(tmp_path / "v.json"), "--overwrite"]) == 0
+    assert json.loads((tmp_path / "v.json").read_text())["units"] == "mm"
+    same = ["--csv", str(tmp_path / "r"), "--json", str(tmp_path / "r")]
+    assert main(argv[:5] + same) == 1
+    assert "name the same file" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_mixed_modes_and_mismatched_geometry(

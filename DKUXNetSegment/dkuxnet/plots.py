@@ -44,6 +44,7 @@ def plot_curves(run_dir: Path, output: Path | None = None) -> Path:
     ax_dice.grid(alpha=0.3)
     fig.tight_layout()
     out = output or run_dir / "curves.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from dkuxnet.errors import InputError
+from dkuxnet.errors import InputError, OutputExistsError
 
 HELP = "score a model on a dataset split, or prediction files against label files"
 
@@ -47,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--csv", help="write the per-case table as CSV here")
     parser.add_argument("--json", help="write per-case values and the summary as JSON here")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing --csv/--json")
 
 
 def _cases_from_folders(predictions: Path, labels: Path) -> list[tuple[str, Path, Path]]:
@@ -141,9 +142,22 @@ def write_json(rows: list[dict[str, Any]], summary: dict[str, Any], units: str, 
     path.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
+def _check_reports(args: argparse.Namespace) -> None:
+    """Refuse up front (before any scoring) to replace a report the user already has."""
+    reports = [Path(p) for p in (args.csv, args.json) if p]
+    if len(reports) == 2 and reports[0].resolve() == reports[1].resolve():
+        raise InputError(f"--csv and --json name the same file: {reports[0]}")
+    for path in reports:
+        if path.is_dir():
+            raise InputError(f"report path is a folder: {path}")
+        if path.exists() and not args.overwrite:
+            raise OutputExistsError(f"report already exists: {path} (use --overwrite to replace)")
+
+
 def run(args: argparse.Namespace) -> int:
     from dkuxnet.metrics import format_table, summarize
 
+    _check_reports(args)
     by_files = args.predictions is not None or args.labels is not None
     if by_files:
         if args.predictions is None or args.labels is None:
