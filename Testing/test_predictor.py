@@ -19,6 +19,7 @@ from torch import nn
 from dkuxnet.config import DataConfig, InferenceConfig, TrainConfig
 from dkuxnet.errors import CheckpointError, ConfigError, InputError
 from dkuxnet.inference import Predictor, count_windows, keep_largest_component
+from dkuxnet.inference.predictor import resample_onto, resample_to_spacing
 from dkuxnet.io import Volume, read_volume, write_volume
 from dkuxnet.model import build_model
 from dkuxnet.training.checkpoint import FORMAT_VERSION
@@ -142,6 +143,35 @@ def test_target_spacing_resamples_and_comes_back_on_the_input_grid() -> None:
     assert result.label.array.shape == image.array.shape
     assert result.probabilities is not None and result.probabilities.same_geometry(image)
     assert dice(result.label.array, label.array) > 0.8
+
+
+def test_coarse_prediction_comes_back_with_a_smooth_boundary() -> None:
+    """Trained at 4x the input spacing, the label is the argmax of the class probabilities
+    mapped back linearly: the boundary lands between coarse voxels, not on their faces."""
+    shape, spacing, radius = (48, 48, 48), 0.5, 8.3  # a ball, image = radius - distance (mm)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")).astype(np.float32)
+    dist = np.sqrt(
+        (((grid - np.array([23.3, 24.1, 22.6])[:, None, None, None]) * spacing) ** 2).sum(0)
+    )
+    image = Volume(radius - dist, spacing=(spacing,) * 3, origin=(5.0, -3.0, 2.0))  # type: ignore[arg-type]
+    truth = (dist < radius).astype(np.uint8)
+    config = tiny_config(patch=(16, 16, 16))
+    config = config.replace(data=config.data.replace(target_spacing=(2.0, 2.0, 2.0)))
+    coarse = resample_to_spacing(image, (2.0, 2.0, 2.0))
+    threshold = float((0.0 - coarse.array.mean()) / coarse.array.std())  # intensity 0 -> z
+    predictor = Predictor([Pointwise(scale=2.0, threshold=threshold)], config, "cpu")
+    result = predictor.predict_volume(image, probabilities=True)
+    assert result.label.same_geometry(image)
+    # the old way (coarse argmax, nearest neighbour back) for comparison
+    coarse_label = (predictor.predict_probabilities(coarse.array)[1] > 0.5).astype(np.uint8)
+    nearest = resample_onto(
+        coarse.with_array(coarse_label), image, interpolator=sitk.sitkNearestNeighbor
+    )
+    assert dice(result.label.array, truth) > 0.97
+    assert dice(result.label.array, truth) > dice(nearest, truth) + 0.02
+    # every input voxel, up to the outer faces, gets probabilities from the coarse grid
+    everywhere = Predictor([Constant(0.9)], config, "cpu", largest_component=False)
+    assert everywhere.predict_volume(image).label.array.all()
 
 
 # ------------------------------------------------------------------------------ sliding window
