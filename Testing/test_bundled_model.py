@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,3 +44,19 @@ def test_bundled_model_segments_with_exact_geometry() -> None:
     assert result.label.same_geometry(image)
     assert result.label.array.dtype == np.uint8
     assert set(np.unique(result.label.array)) <= {0, 1}
+
+
+def test_evaluate_uses_the_bundled_model_when_none_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dkuxnet.cli import main
+    from dkuxnet.io import write_volume
+    from dkuxnet.synthetic import make_phantom
+
+    image, label = make_phantom((24, 48, 48), seed=3)
+    write_volume(image, tmp_path / "imagesTs" / "p.nii.gz")
+    write_volume(label, tmp_path / "labelsTs" / "p.nii.gz")
+    argv = ["evaluate", "--data", str(tmp_path), "--device", "cpu", "--json"]
+    assert main([*argv, str(tmp_path / "m.json")]) == 0
+    assert "p " in capsys.readouterr().out  # the case's row
+    assert (tmp_path / "m.json").exists()

@@ -22,7 +22,9 @@ COLUMNS = ("case", "dice", "jaccard", "hd95", "asd")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="checkpoint file or run folder to predict with")
+    parser.add_argument(
+        "--model", help="checkpoint file or run folder to predict with (default: bundled model)"
+    )
     parser.add_argument("--data", help="dataset folder (decathlon layout) or datalist .json")
     parser.add_argument(
         "--split",
@@ -103,7 +105,9 @@ def _score_model(args: argparse.Namespace) -> list[dict[str, Any]]:
     cases = [c for c in getattr(split, args.split) if c.label is not None]
     if not cases:
         raise InputError(f"{args.data}: the {args.split} split has no case with a label")
-    predictor = Predictor.from_checkpoint(args.model, args.device, tta=args.tta)
+    from dkuxnet.commands.predict import resolve_model
+
+    predictor = Predictor.from_checkpoint(resolve_model(args.model), args.device, tta=args.tta)
     with tqdm(total=len(cases), desc="cases", unit="case", disable=None, file=sys.stderr) as bar:
         return score_cases(
             predictor,
@@ -167,8 +171,8 @@ def run(args: argparse.Namespace) -> int:
         pairs = _cases_from_folders(Path(args.predictions), Path(args.labels))
         rows = _score_files(pairs, args.voxel_units, args.style)
     else:
-        if args.model is None or args.data is None:
-            raise InputError("give --model and --data, or --predictions and --labels")
+        if args.data is None:
+            raise InputError("give --data (and --model), or --predictions and --labels")
         rows = _score_model(args)
     units = "voxels" if args.voxel_units else "mm"
     print(format_table(rows, units=units))
