@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -35,23 +36,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from dkuxnet.data import import_la
 
+    bar = tqdm(desc="cases", unit="case", disable=None, file=sys.stderr)
+
     def progress(done: int, total: int, case: str) -> None:
-        print(f"\r[{done}/{total}] {case}", end="" if done < total else "\n", flush=True)
+        bar.total = total
+        bar.set_postfix_str(case, refresh=False)
+        bar.update(done - bar.n)
 
     start = time.perf_counter()
-    split = import_la(
-        args.src,
-        args.out,
-        labeled=args.labeled,
-        seed=args.seed,
-        overwrite=args.overwrite,
-        image_format="." + args.format,
-        train_cases=_read_list(args.train_list) if args.train_list else None,
-        test_cases=_read_list(args.test_list) if args.test_list else None,
-        progress=progress,
-    )
+    with bar:
+        split = import_la(
+            args.src,
+            args.out,
+            labeled=args.labeled,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            image_format="." + args.format,
+            train_cases=_read_list(args.train_list) if args.train_list else None,
+            test_cases=_read_list(args.test_list) if args.test_list else None,
+            progress=progress,
+        )
     print(f"{args.out}: {split.summary()} ({time.perf_counter() - start:.0f} s)")
     print("labels of the unlabeled cases are kept aside in labelsTr_hidden/ (never trained on)")
     return 0
