@@ -10,10 +10,11 @@ one, resumable: rerun the same command after an interruption)::
     python scripts/learning_check.py --out /tmp/lc_la --data LA8 --iterations 6000 \
         --patch 80 112 112 --preset lite
 
-On CPU, the bundled model's recipe (1.25 mm, smaller patches) makes it affordable::
+On a 2-core CPU, at 2.5 mm with small patches (about 45 minutes for both modes; the README
+reports this run)::
 
     python scripts/learning_check.py --out /tmp/lc_la --data LA8 --iterations 1000 \
-        --patch 32 64 80 --preset lite --set data.target_spacing=[1.25,1.25,1.25] \
+        --patch 16 32 48 --preset lite --set data.target_spacing=[2.5,2.5,2.5] \
         --set training.lr=0.001 --set training.val_every=100 --set training.val_fraction=0.125
 
 Checkpoints are chosen on a validation split of the training labels (``val_fraction``), never
