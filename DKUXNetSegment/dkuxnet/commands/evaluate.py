@@ -98,6 +98,7 @@ def _score_files(
 def _score_model(args: argparse.Namespace) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
+    from dkuxnet.commands.predict import resolve_model
     from dkuxnet.data import load_dataset
     from dkuxnet.inference import Predictor, score_cases
 
@@ -105,8 +106,6 @@ def _score_model(args: argparse.Namespace) -> list[dict[str, Any]]:
     cases = [c for c in getattr(split, args.split) if c.label is not None]
     if not cases:
         raise InputError(f"{args.data}: the {args.split} split has no case with a label")
-    from dkuxnet.commands.predict import resolve_model
-
     predictor = Predictor.from_checkpoint(resolve_model(args.model), args.device, tta=args.tta)
     with tqdm(total=len(cases), desc="cases", unit="case", disable=None, file=sys.stderr) as bar:
         return score_cases(
