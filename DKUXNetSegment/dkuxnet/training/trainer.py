@@ -64,6 +64,10 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 LAST = "last.pt"
 BEST = "best.pt"
+#: A file of this name in the run folder asks the trainer to stop after the current iteration
+#: (saving ``last.pt``). Polled every iteration; unlike a signal it reaches a training process
+#: on every platform (Windows GUI children get no console events). Removed when a run starts.
+STOP_FILE = "stop.request"
 
 
 @dataclass(frozen=True)
@@ -238,6 +242,7 @@ class Trainer:
             lock.acquire()
             for stale in remove_stale_temporaries(self.run_dir):
                 log.info("removed %s, left by an interrupted checkpoint write", stale.name)
+            (self.run_dir / STOP_FILE).unlink(missing_ok=True)  # a request for an earlier start
         events = EventWriter(self.run_dir / EVENTS_FILE, enabled=dist_info.is_main)
         restore_signals = self._install_signal_handlers()
         try:
@@ -375,6 +380,9 @@ class Trainer:
                     it_per_s=it_per_s,
                     eta_s=(total - it) / max(it_per_s, 1e-9),
                 )
+            if dist_info.is_main and (self.run_dir / STOP_FILE).exists():
+                log.info("%s found: stopping after this iteration", STOP_FILE)
+                self.stop_event.set()
             stop = broadcast_flag(self.stop_event.is_set(), dist_info)
             if dist_info.is_main and (it % tcfg.val_every == 0 or it == total):
                 metrics = self._validate(networks, validation, it)
