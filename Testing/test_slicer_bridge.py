@@ -190,3 +190,106 @@ def test_bad_inputs_raise(scene) -> None:
     empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
     with pytest.raises(ValueError):
         bridge.volume_from_node(empty)
+
+
+# ------------------------------------------------------------------ parent transforms
+def parent_transform(scene, kind: str):
+    """A linear transform node: a 30/-20 mm translation, or that plus an oblique rotation."""
+    import vtk
+
+    transform = vtk.vtkTransform()
+    transform.Translate(30.0, -20.0, 5.0)
+    if kind == "rotation":
+        transform.RotateZ(30.0)
+        transform.RotateX(-20.0)
+    node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", kind)
+    node.SetMatrixTransformToParent(transform.GetMatrix())
+    return node
+
+
+def world_centroid(volume_node, label_array: np.ndarray) -> np.ndarray:
+    """Where the label's voxels are in world (RAS) coordinates, through the parent transforms."""
+    import slicer
+    import vtk
+
+    k, j, i = np.nonzero(label_array)
+    local = node_matrix(volume_node) @ np.array([i.mean(), j.mean(), k.mean(), 1.0])
+    to_world = vtk.vtkMatrix4x4()
+    transform = volume_node.GetParentTransformNode()
+    if transform is not None:
+        transform.GetMatrixTransformToWorld(to_world)
+    return (slicer.util.arrayFromVTKMatrix(to_world) @ local)[:3]
+
+
+@pytest.mark.parametrize("kind", ["translation", "rotation"])
+@pytest.mark.parametrize("target", ["new", "replace, same transform", "replace, untransformed"])
+def test_label_round_trip_under_a_parent_transform(scene, kind: str, target: str) -> None:
+    """A phantom under a transform: its own label imported and exported back is itself.
+
+    Before the temporary label node was put under the volume's transform, the import applied
+    the transform between the two nodes and this gave Dice 0.0.
+    """
+    from dkuxnet.synthetic import make_phantom
+
+    image, label = make_phantom((32, 32, 32), seed=1)
+    volume_node = bridge.add_volume_node(scene, image, "phantom")
+    volume_node.SetAndObserveTransformNodeID(parent_transform(scene, kind).GetID())
+    chosen = None
+    if target != "new":
+        chosen = bridge.new_segmentation_node(volume_node, "chosen")
+        chosen.GetSegmentation().AddEmptySegment("", "Left atrium", [1.0, 0.0, 0.0])
+        if target == "replace, untransformed":
+            chosen.SetAndObserveTransformNodeID(None)
+
+    seg_node = bridge.import_label(label, volume_node, segmentation_node=chosen)
+    if chosen is not None:
+        assert seg_node is chosen
+    else:
+        assert seg_node.GetTransformNodeID() == volume_node.GetTransformNodeID()
+    segment_id = seg_node.GetSegmentation().GetSegmentIdBySegmentName("Left atrium")
+
+    exported = bridge.export_segment(seg_node, segment_id, volume_node)
+    truth = label.array > 0
+    got = exported.array > 0
+    dice = 2.0 * np.logical_and(got, truth).sum() / (got.sum() + truth.sum())
+    assert dice == 1.0, f"Dice {dice:.3f}"
+    assert exported.same_geometry(image, tol=1e-6), exported.geometry_differences(image)
+
+    # independently of the export: the segment is where the volume's label is, in the world
+    spacing = max(image.spacing)
+    np.testing.assert_allclose(
+        seg_node.GetSegmentCenterRAS(segment_id),
+        world_centroid(volume_node, label.array),
+        atol=2 * spacing,
+    )
+
+
+def test_import_and_export_leave_no_helper_nodes(scene) -> None:
+    """No temporary label, display, storage or colour-table node stays (nor in a saved scene)."""
+    import slicer
+
+    slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)  # the application has one
+    node, _ = make_volume_node(scene)
+    label = bridge.volume_from_node(node).with_array(ellipsoid_label())
+
+    def node_ids() -> set[str]:
+        return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+    before = node_ids()
+    seg_node = bridge.import_label(label, node, closed_surface=False)
+    added = node_ids() - before
+    assert added == {seg_node.GetID(), seg_node.GetDisplayNode().GetID()}
+    segment_id = seg_node.GetSegmentation().GetNthSegmentID(0)
+    for _ in range(3):
+        bridge.export_segment(seg_node, segment_id, node)
+    assert node_ids() - before == added
+    assert scene.GetNodesByClass("vtkMRMLColorTableNode").GetNumberOfItems() == 0
+
+
+def test_added_volume_nodes_can_be_shown(scene) -> None:
+    """The self-test's phantom needs display nodes to appear in the views."""
+    node, _ = make_volume_node(scene)
+    shown = bridge.add_volume_node(scene, bridge.volume_from_node(node), "shown")
+    assert shown.GetDisplayNode() is not None
+    hidden = bridge.add_volume_node(scene, bridge.volume_from_node(node), "helper", display=False)
+    assert hidden.GetDisplayNode() is None

@@ -13,8 +13,10 @@ NRRD files as SimpleITK reads them) uses LPS: ``origin`` (x, y, z), ``spacing`` 
 This module is the one place where that conversion happens (:func:`ijk_to_ras_from_volume`
 and :func:`volume_geometry_from_ijk_to_ras`). Arrays are (k, j, i) = (z, y, x) on both sides.
 
-Parent transforms are not hardened: a volume under a transform yields its local geometry, and a
-segmentation created from it is placed under the same transform.
+Parent transforms are not hardened: a volume under a transform yields its local geometry (what
+the child process sees), and a label computed on that grid is imported from under the same
+transform, so it lands on the volume wherever the transform puts it. A new segmentation is placed
+under the volume's transform; an existing one keeps its own, and Slicer maps the label into it.
 """
 
 from __future__ import annotations
@@ -89,10 +91,17 @@ def add_volume_node(
     volume: Volume,
     name: str,
     class_name: str = "vtkMRMLScalarVolumeNode",
+    display: bool = True,
 ) -> slicer.vtkMRMLVolumeNode:
-    """A new volume node in ``scene`` holding ``volume`` (e.g. a phantom in the self-test)."""
+    """A new volume node in ``scene`` holding ``volume`` (e.g. a phantom in the self-test).
+
+    ``display=True`` gives it the default display nodes, without which the views cannot show
+    it; helper nodes that are never shown pass ``False``.
+    """
     node = scene.AddNewNodeByClass(class_name, name)
     update_node_from_volume(node, volume)
+    if display:
+        node.CreateDefaultDisplayNodes()
     return node
 
 
@@ -146,9 +155,18 @@ def import_label(
 
     before = set(_segment_ids(segmentation_node))
     if values:
+        # No display node: ImportLabelmapToSegmentationNode would take segment names and colours
+        # from its colour table. The label is on the grid of the volume's local (untransformed)
+        # coordinates, so it goes under the volume's transform; the import then applies only the
+        # transform between that one and the segmentation's (none for a new segmentation).
         label_node = add_volume_node(
-            scene, _as_uint_label(label), "dkuxnet temporary label", "vtkMRMLLabelMapVolumeNode"
+            scene,
+            _as_uint_label(label),
+            "dkuxnet temporary label",
+            "vtkMRMLLabelMapVolumeNode",
+            display=False,
         )
+        label_node.SetAndObserveTransformNodeID(reference_node.GetTransformNodeID())
         try:
             ok = slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
                 label_node, segmentation_node
@@ -184,13 +202,18 @@ def export_segment(
     segment_id: str,
     reference_node: slicer.vtkMRMLVolumeNode,
 ) -> Volume:
-    """One segment as a 0/1 uint8 label ``Volume`` on the grid of ``reference_node``."""
+    """One segment as a 0/1 uint8 label ``Volume`` on the grid of ``reference_node``.
+
+    The grid is the reference's local one (as :func:`volume_from_node` gives it); Slicer maps the
+    segment there through any transforms of the two nodes. Nothing is left in the scene.
+    """
     segmentation = segmentation_node.GetSegmentation()
     if segmentation.GetSegment(segment_id) is None:
         raise ValueError(
             f"segmentation {segmentation_node.GetName()!r} has no segment {segment_id!r}"
         )
     scene = segmentation_node.GetScene()
+    color_tables_before = _node_ids(scene, "vtkMRMLColorTableNode")
     label_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "dkuxnet temporary export")
     try:
         ids = vtk.vtkStringArray()
@@ -203,6 +226,11 @@ def export_segment(
         exported = volume_from_node(label_node)
     finally:
         _remove_node(label_node)
+        # The export also adds a "<segmentation>_ColorTable" node for the label's display node
+        # (vtkSlicerSegmentationsModuleLogic::ExportSegmentsToLabelmapNode, Slicer 5.6 to 5.10).
+        # It is as temporary as the label node and would otherwise be saved with the scene.
+        for node_id in _node_ids(scene, "vtkMRMLColorTableNode") - color_tables_before:
+            scene.RemoveNode(scene.GetNodeByID(node_id))
     array = (exported.array > 0).astype(np.uint8)
     return Volume(
         array=array, spacing=exported.spacing, origin=exported.origin, direction=exported.direction
@@ -218,6 +246,11 @@ def segment_ids(segmentation_node: slicer.vtkMRMLSegmentationNode) -> list[str]:
 def _segment_ids(segmentation_node: slicer.vtkMRMLSegmentationNode) -> list[str]:
     segmentation = segmentation_node.GetSegmentation()
     return [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+
+
+def _node_ids(scene: slicer.vtkMRMLScene, class_name: str) -> set[str]:
+    count = scene.GetNumberOfNodesByClass(class_name)
+    return {scene.GetNthNodeByClass(i, class_name).GetID() for i in range(count)}
 
 
 def _as_uint_label(label: Volume) -> Volume:
