@@ -130,6 +130,55 @@ def test_parameters_round_trip_through_the_node(scene) -> None:
         again.model_source = "web"
 
 
+def test_deleting_a_node_drops_its_pair_and_no_other(scene) -> None:
+    """Pairs cannot come apart: before, one reference list per role shifted on deletion."""
+    node = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
+    params = logic_module.Parameters(node)
+    pairs = [make_pair(scene, f"L{i}", i)[0] for i in range(4)]
+    params.labeled_pairs = pairs
+
+    scene.RemoveNode(pairs[1].volume)  # a volume from the middle
+    assert params.labeled_pairs == [pairs[0], pairs[2], pairs[3]]
+    scene.RemoveNode(pairs[2].segmentation)  # a segmentation from the middle
+    assert params.labeled_pairs == [pairs[0], pairs[3]]
+    for pair in params.labeled_pairs:  # each volume still with its own segmentation
+        assert pair.segmentation.GetName() == f"{pair.volume.GetName()} segmentation"
+
+    # writing the list back stores only whole pairs, under fresh indices
+    extra = logic_module.LabeledPair(pairs[0].volume, pairs[1].segmentation, pairs[1].segment_id)
+    params.labeled_pairs = [*params.labeled_pairs, extra]
+    assert len(params.labeled_pairs) == 3
+    assert node.GetParameter("LabeledPairCount") == "3"
+    assert node.GetNodeReference("LabeledPair3Volume") is None
+    params.labeled_pairs = []
+    assert params.labeled_pairs == [] and node.GetParameter("LabeledPair0SegmentId") == ""
+
+
+def test_pairs_survive_saving_and_reloading_the_scene(scene, slicer_module) -> None:
+    """References, not node IDs, hold the pairs: loading renames IDs that are taken."""
+    node = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "DKUXNet parameters")
+    pairs = [make_pair(scene, f"L{i}", i)[0] for i in range(2)]
+    logic_module.Parameters(node).labeled_pairs = pairs
+    scene.SetSaveToXMLString(1)
+    scene.Commit()
+
+    other = slicer_module.vtkMRMLScene()
+    for i in range(3):  # take the IDs the saved nodes had
+        other.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"already here {i}")
+        other.AddNewNodeByClass("vtkMRMLSegmentationNode", f"already here {i}")
+    other.SetLoadFromXMLString(1)
+    other.SetSceneXMLString(scene.GetSceneXMLString())
+    other.Import()
+    loaded = logic_module.Parameters(other.GetFirstNodeByName("DKUXNet parameters"))
+    got = [
+        (p.volume.GetName(), p.segmentation.GetName(), p.segment_id) for p in loaded.labeled_pairs
+    ]
+    want = [(p.volume.GetName(), p.segmentation.GetName(), p.segment_id) for p in pairs]
+    assert got == want
+    assert loaded.labeled_pairs[0].volume.GetID() != pairs[0].volume.GetID()
+    other.Clear(1)
+
+
 # ------------------------------------------------------------------ Segment
 def test_segment_creates_new_segmentation_on_the_volume_grid(scene, logic) -> None:
     node, expected = make_volume(scene, "Patient 3")

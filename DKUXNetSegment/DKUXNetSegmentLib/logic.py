@@ -121,7 +121,8 @@ class Parameters:
     """Typed access to the module's parameter node (a ``vtkMRMLScriptedModuleNode``).
 
     All GUI state lives here, so saving and reloading the scene keeps the user's choices.
-    Node choices are node references; lists use the n-th references of one role.
+    Node choices are node references (MRML keeps them right when a scene is loaded or a node
+    deleted); a list of single nodes uses the n-th references of one role.
     """
 
     def __init__(self, node: slicer.vtkMRMLScriptedModuleNode) -> None:
@@ -218,20 +219,36 @@ class Parameters:
 
     @property
     def labeled_pairs(self) -> list[LabeledPair]:
-        volumes = _nth_references(self.node, "LabeledVolume")
-        segmentations = _nth_references(self.node, "LabeledSegmentation")
-        segment_ids = json.loads(self._get("LabeledSegmentIds", "[]"))
-        return [
-            LabeledPair(v, s, sid)
-            for v, s, sid in zip(volumes, segmentations, segment_ids, strict=False)
-            if v is not None and s is not None
-        ]
+        """The fine-tuning examples, each kept whole.
+
+        Pair ``i`` has its own reference roles (``LabeledPair{i}Volume``,
+        ``LabeledPair{i}Segmentation``) and parameter (``LabeledPair{i}SegmentId``). When a node
+        is deleted, MRML drops the references to it; with one list per role that shifted the
+        lists against each other and paired volumes with the wrong segmentations. Here the
+        pair that lost a node is left out, and no other pair changes.
+        """
+        pairs = []
+        for i in range(int(self._get("LabeledPairCount", "0"))):
+            volume = self.node.GetNodeReference(_pair_role(i, "Volume"))
+            segmentation = self.node.GetNodeReference(_pair_role(i, "Segmentation"))
+            segment_id = self.node.GetParameter(_pair_role(i, "SegmentId"))
+            if volume is not None and segmentation is not None and segment_id:
+                pairs.append(LabeledPair(volume, segmentation, segment_id))
+        return pairs
 
     @labeled_pairs.setter
     def labeled_pairs(self, pairs: Sequence[LabeledPair]) -> None:
-        _set_nth_references(self.node, "LabeledVolume", [p.volume for p in pairs])
-        _set_nth_references(self.node, "LabeledSegmentation", [p.segmentation for p in pairs])
-        self._set("LabeledSegmentIds", json.dumps([p.segment_id for p in pairs]))
+        was_modifying = self.node.StartModify()
+        for i in range(int(self._get("LabeledPairCount", "0"))):
+            self.node.RemoveNodeReferenceIDs(_pair_role(i, "Volume"))
+            self.node.RemoveNodeReferenceIDs(_pair_role(i, "Segmentation"))
+            self.node.UnsetParameter(_pair_role(i, "SegmentId"))
+        for i, pair in enumerate(pairs):
+            self.node.SetNodeReferenceID(_pair_role(i, "Volume"), pair.volume.GetID())
+            self.node.SetNodeReferenceID(_pair_role(i, "Segmentation"), pair.segmentation.GetID())
+            self.node.SetParameter(_pair_role(i, "SegmentId"), pair.segment_id)
+        self._set("LabeledPairCount", len(pairs))
+        self.node.EndModify(was_modifying)
 
     @property
     def unlabeled_volumes(self) -> list[slicer.vtkMRMLScalarVolumeNode]:
@@ -240,6 +257,10 @@ class Parameters:
     @unlabeled_volumes.setter
     def unlabeled_volumes(self, nodes: Sequence[slicer.vtkMRMLNode]) -> None:
         _set_nth_references(self.node, "UnlabeledVolume", list(nodes))
+
+
+def _pair_role(index: int, part: str) -> str:
+    return f"LabeledPair{index}{part}"
 
 
 def _nth_references(node: slicer.vtkMRMLNode, role: str) -> list[Any]:
