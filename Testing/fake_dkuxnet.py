@@ -2,8 +2,11 @@
 
 It speaks the same command line and event protocol as the real commands but needs no model:
 ``predict`` thresholds the image at its mean, ``train`` pretends to train for a few iterations
-(a short sleep each), writes ``best.pt``/``last.pt`` and honours SIGTERM like the real trainer.
-``FAKE_DKUXNET_FAIL=1`` in the environment makes either command fail after its first event.
+(a short sleep each), writes ``best.pt``/``last.pt`` and, like the real trainer, stops after the
+current iteration on SIGTERM or when ``RUN/stop.request`` exists (a stale one is removed at the
+start). ``FAKE_DKUXNET_FAIL=1`` in the environment makes either command fail after its first
+event; ``FAKE_DKUXNET_IGNORE_SIGTERM=1`` makes ``train`` deaf to SIGTERM, as a Windows child of
+Slicer is to console control events.
 """
 
 from __future__ import annotations
@@ -51,7 +54,12 @@ def train(args: argparse.Namespace) -> int:
         read_volume(Path(args.data).parent / item["image"])
         read_volume(Path(args.data).parent / item["label"])
     stop: list[int] = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    stop_file = run / "stop.request"
+    stop_file.unlink(missing_ok=True)
+    if os.environ.get("FAKE_DKUXNET_IGNORE_SIGTERM"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    else:
+        signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     start = 0
     if args.resume:
         start = json.loads((run / "last.pt").read_text())["iteration"]
@@ -77,7 +85,8 @@ def train(args: argparse.Namespace) -> int:
             events.emit("validation", iteration=it, dice=dice, mean_dice=dice["case0"], best=True)
             (run / "best.pt").write_text(json.dumps({"iteration": it}))
             events.emit("checkpoint", iteration=it, path=str(run / "best.pt"), kind="best")
-        if stop:
+        if stop or stop_file.exists():
+            stop.append(1)
             break
     (run / "last.pt").write_text(json.dumps({"iteration": it}))
     events.emit("checkpoint", iteration=it, path=str(run / "last.pt"), kind="last")

@@ -11,7 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from dkuxnet.jobs import JOB_FILE, Job, JobState, child_environment, dkuxnet_command
+from dkuxnet.jobs import (
+    CREATE_NEW_PROCESS_GROUP,
+    CREATE_NO_WINDOW,
+    JOB_FILE,
+    STOP_REQUEST_FILE,
+    Job,
+    JobState,
+    child_environment,
+    dkuxnet_command,
+    popen_options,
+)
 
 POSIX_ONLY = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
 
@@ -247,3 +257,99 @@ def test_skip_existing_events_on_resume(tmp_path: Path) -> None:
     assert job.wait(timeout=20) is JobState.COMPLETED
     assert [e.get("iteration") for e in job.events] == [2, None]
     assert job.finished_event is not None and job.finished_event["status"] == "completed"
+
+
+# ------------------------------------------------------------------ stop file and Windows
+def test_windows_children_get_no_console_window_and_their_own_group() -> None:
+    """What Popen is given on Windows (checked here by value; there is no Windows runner)."""
+    assert popen_options(windows=True) == {"creationflags": 0x00000200 | 0x08000000}
+    if sys.platform == "win32":
+        import subprocess
+
+        assert CREATE_NEW_PROCESS_GROUP == subprocess.CREATE_NEW_PROCESS_GROUP
+        assert CREATE_NO_WINDOW == subprocess.CREATE_NO_WINDOW
+    assert popen_options(windows=False) == {"start_new_session": True}
+
+
+def test_stop_file_name_is_the_trainers() -> None:
+    trainer = pytest.importorskip("dkuxnet.training.trainer")
+    assert trainer.STOP_FILE == STOP_REQUEST_FILE
+
+
+def test_request_stop_without_a_stop_file_does_nothing(tmp_path: Path) -> None:
+    job = script_job(tmp_path, "time.sleep(0.1)")
+    assert job.request_stop() is False
+    assert not list(tmp_path.rglob(STOP_REQUEST_FILE))
+
+
+@POSIX_ONLY
+def test_cancel_writes_the_stop_file_for_a_child_deaf_to_signals(tmp_path: Path) -> None:
+    """Like a Windows child of Slicer, which no console event reaches: the file stops it."""
+    job = script_job(
+        tmp_path,
+        EMIT
+        + """
+import signal
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+emit("started", job="train", total=1000)
+while not os.path.exists(os.path.join("run", "stop.request")):
+    time.sleep(0.02)
+emit("checkpoint", iteration=1, path="last.pt", kind="last")
+emit("finished", status="cancelled", error=None)
+""",
+        stop_file=tmp_path / "job" / "run" / STOP_REQUEST_FILE,
+    )
+    job.start()
+    assert wait_for(lambda: any(e["event"] == "started" for e in job.poll() + job.events))
+    t0 = time.monotonic()
+    job.cancel(grace_s=20)
+    assert time.monotonic() - t0 < 10  # it did not need the kill
+    assert job.state is JobState.CANCELLED and job.returncode == 0
+    assert (job.folder / "run" / STOP_REQUEST_FILE).is_file()
+
+
+@pytest.mark.slow
+def test_stop_file_alone_cancels_a_real_training_run(tmp_path: Path) -> None:
+    """A real ``dkuxnet train`` child, no signal: it ends "cancelled" with last.pt saved."""
+    pytest.importorskip("torch")
+    from tiny import TINY_MODEL
+
+    from dkuxnet.config import ModelConfig, TrainConfig
+    from dkuxnet.synthetic import write_synthetic_dataset
+    from dkuxnet.training.checkpoint import load_checkpoint
+
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, n_labeled=2, n_unlabeled=1, n_test=0, shape=(24, 40, 40), seed=3)
+    base = TrainConfig.preset("lite")
+    config = TrainConfig(
+        model=ModelConfig.preset("lite", **TINY_MODEL),
+        data=base.data.replace(patch_size=(16, 32, 32), labeled_batch=1, unlabeled_batch=1),
+        training=base.training.replace(iterations=500, val_every=1000, checkpoint_every=1000),
+    )
+    config.save(tmp_path / "config.json")
+    folder = tmp_path / "job"
+    run = folder / "run"
+    args = ["train", "--data", data, "--out", run, "--config", tmp_path / "config.json"]
+    job = Job(
+        folder,
+        dkuxnet_command([*args, "--device", "cpu", "--quiet"]),
+        events_path=run / "events.jsonl",
+        env=child_environment({"OMP_NUM_THREADS": "1"}),
+        stop_file=run / STOP_REQUEST_FILE,
+    ).start()
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and job.state is JobState.RUNNING:
+            if any(e["event"] == "iteration" and e["iteration"] >= 2 for e in job.poll()):
+                break
+            time.sleep(0.05)
+        assert job.state is JobState.RUNNING, job.error_message()
+        assert job.request_stop()  # the file only: no signal, no kill deadline
+        assert job.wait(timeout=240) is JobState.CANCELLED, job.error_message()
+    finally:
+        job.cancel(grace_s=1)  # only if the test failed above
+    assert job.finished_event is not None and job.finished_event["status"] == "cancelled"
+    assert job.returncode == 3  # `dkuxnet train` exit code for a cancelled run
+    assert "stop.request found" in job.log_tail(50)
+    iteration = load_checkpoint(run / "last.pt")["iteration"]
+    assert 2 <= iteration < 500

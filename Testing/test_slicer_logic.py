@@ -339,6 +339,31 @@ def test_fine_tune_cancel_then_resume(scene, logic, monkeypatch) -> None:
     assert again.runs_dir == logic.runs_dir
 
 
+def test_fine_tune_cancel_needs_no_signal(scene, logic, monkeypatch) -> None:
+    """A child deaf to SIGTERM (as a Windows child of Slicer is to CTRL_BREAK) still stops
+    after its iteration with last.pt saved: Cancel writes the run's stop file."""
+    monkeypatch.setenv("FAKE_DKUXNET_SLEEP", "0.1")
+    monkeypatch.setenv("FAKE_DKUXNET_IGNORE_SIGTERM", "1")
+    pair, _ = make_pair(scene, "L1", 1)
+    task = logic.start_fine_tune([pair], iterations=300)
+    deadline = time.monotonic() + TIMEOUT
+    while task.iteration < 2 and time.monotonic() < deadline:
+        task.poll()
+        time.sleep(0.02)
+    t0 = time.monotonic()
+    task.cancel(grace_s=30)
+    assert task.wait(TIMEOUT) is JobState.CANCELLED
+    assert time.monotonic() - t0 < 10  # stopped by the file, not killed after 30 s
+    assert (task.run_dir / "stop.request").is_file()
+    assert task.job.returncode == 0 and (task.run_dir / "last.pt").is_file()
+
+    # Resume: the trainer removes the old request when it starts, and runs to the end
+    monkeypatch.setenv("FAKE_DKUXNET_SLEEP", "0.001")
+    resumed = logic.resume_fine_tune(task.job.folder, plots=task.plots)
+    assert resumed.wait(TIMEOUT) is JobState.COMPLETED, resumed.error
+    assert resumed.iteration == 300
+
+
 def test_fine_tune_failure_and_bad_inputs(scene, logic, monkeypatch) -> None:
     with pytest.raises(InputError, match="at least one"):
         logic.start_fine_tune([])

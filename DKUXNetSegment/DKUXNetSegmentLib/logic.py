@@ -37,7 +37,7 @@ import vtk
 from dkuxnet.errors import InputError
 from dkuxnet.events import EVENTS_FILE, read_events
 from dkuxnet.io import read_volume, write_volume
-from dkuxnet.jobs import Job, JobState, dkuxnet_command
+from dkuxnet.jobs import STOP_REQUEST_FILE, Job, JobState, dkuxnet_command
 from dkuxnet.resources import default_model_path
 
 from . import slicer_bridge
@@ -61,6 +61,9 @@ PREDICT_STAGES: dict[str, tuple[float, float]] = {
     "writing": (0.95, 1.0),
 }
 CANCEL_GRACE_S = 30.0
+# Prediction has nothing to save; where the polite signal cannot arrive (Windows), Cancel
+# should not make the user wait long for the kill.
+PREDICT_CANCEL_GRACE_S = 5.0
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -382,6 +385,9 @@ class SegmentTask(Task):
         self.keep_folder = keep_folder
         self.result: slicer.vtkMRMLSegmentationNode | None = None
 
+    def cancel(self, grace_s: float = PREDICT_CANCEL_GRACE_S) -> None:
+        super().cancel(grace_s)
+
     def _on_event(self, event: dict[str, Any]) -> None:
         kind = event["event"]
         if kind == "progress":
@@ -425,7 +431,9 @@ class FineTuneTask(Task):
     def cancel(self, grace_s: float | None = None) -> None:
         """Ask training to stop after its current iteration (it then saves ``last.pt``).
 
-        The default grace period covers three iterations at the measured speed (at least
+        The request is the run's stop file, which the trainer polls every iteration on every
+        platform, with a polite signal as a second way (see :mod:`dkuxnet.jobs`). The default
+        grace period before the kill covers three iterations at the measured speed (at least
         :data:`CANCEL_GRACE_S`): on a CPU one iteration can take minutes.
         """
         if grace_s is None:
@@ -702,6 +710,8 @@ class DKUXNetLogic:
             events_path=events_path,
             config=config,
             skip_existing_events=resume,
+            stop_file=run_dir
+            / STOP_REQUEST_FILE,  # Cancel: stop after this iteration, keep last.pt
         ).start()
         return FineTuneTask(job, run_dir, plots)
 

@@ -9,10 +9,16 @@ that wants a long computation out of its own process. A job is a folder::
       events.jsonl    progress events (see dkuxnet.events); the path can be elsewhere, e.g.
                       a training run folder inside the job folder
 
-The child runs in its own process group (its own console process group on Windows), so that
-``cancel()`` reaches the whole process tree, data-loader workers included: a polite signal
-first (SIGTERM / CTRL_BREAK), which lets training finish its iteration and save ``last.pt``,
-then, after ``grace_s``, a kill of everything that is left.
+The child runs in its own process group (its own console process group on Windows, with no
+console window), so that ``cancel()`` reaches the whole process tree, data-loader workers
+included. Stopping is polite first, then forced:
+
+1. a stop file, when the job has one (``dkuxnet train`` polls ``RUN/stop.request`` every
+   iteration, then saves ``last.pt`` and ends "cancelled"). It needs no signal, so it works on
+   every platform, including Windows, where a console control event (CTRL_BREAK) never reaches
+   a child of a GUI application such as Slicer;
+2. a polite signal as a second way (SIGTERM; CTRL_BREAK on Windows, where it can arrive);
+3. after ``grace_s``, a kill of everything that is left.
 
 The state comes from the process exit code and the final ``finished`` event, never from text.
 """
@@ -38,7 +44,13 @@ log = logging.getLogger(__name__)
 
 JOB_FILE = "job.json"
 LOG_FILE = "job.log"
+#: The stop file of a ``dkuxnet train`` run folder (``dkuxnet.training.trainer.STOP_FILE``,
+#: which imports torch; this module must not).
+STOP_REQUEST_FILE = "stop.request"
 IS_WINDOWS = sys.platform == "win32"
+# Windows process creation flags (``subprocess`` defines them only on Windows).
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
 
 
 class JobState(str, enum.Enum):
@@ -87,6 +99,17 @@ def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def popen_options(windows: bool = IS_WINDOWS) -> dict[str, Any]:
+    """``subprocess.Popen`` keywords that give the child its own process group, and no window.
+
+    On Windows a console program started from a GUI application (Slicer) opens a console window
+    unless told not to; ``slicer.util.launchConsoleProcess`` hides it for the same reason.
+    """
+    if windows:
+        return {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW}
+    return {"start_new_session": True}  # own session => own process group
+
+
 class Job:
     """One child process with its job folder, event stream and log.
 
@@ -98,6 +121,8 @@ class Job:
         config: extra JSON-able information recorded in ``job.json`` (e.g. the node names).
         skip_existing_events: do not report events already in ``events_path`` when the job
             starts (resuming a training run that appends to its old event file).
+        stop_file: a file whose existence asks the child to stop cleanly (for ``dkuxnet
+            train``: ``RUN/stop.request``); :meth:`request_stop` and :meth:`cancel` write it.
 
     Typical use (non-blocking): ``job.start()``; then, from a timer, ``for e in job.poll(): ...``
     until ``job.state.is_final``.
@@ -112,6 +137,7 @@ class Job:
         env: Mapping[str, str] | None = None,
         config: Mapping[str, Any] | None = None,
         skip_existing_events: bool = False,
+        stop_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.command = [str(c) for c in command]
@@ -120,6 +146,7 @@ class Job:
         self.env = dict(env) if env is not None else child_environment()
         self.config = dict(config or {})
         self.skip_existing_events = skip_existing_events
+        self.stop_file = Path(stop_file) if stop_file else None
         self.events: list[dict[str, Any]] = []
         self.started_at: float | None = None
         self.ended_at: float | None = None
@@ -147,11 +174,6 @@ class Job:
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed when the job ends
         self._log_file.write(f"$ {subprocess.list2cmdline(self.command)}\n".encode())
         self._log_file.flush()
-        kwargs: dict[str, Any] = {}
-        if IS_WINDOWS:
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-        else:
-            kwargs["start_new_session"] = True  # own session => own process group
         log.info("starting job in %s: %s", self.folder, " ".join(self.command))
         try:
             self._process = subprocess.Popen(
@@ -161,7 +183,7 @@ class Job:
                 stdin=subprocess.DEVNULL,
                 stdout=self._log_file,
                 stderr=subprocess.STDOUT,
-                **kwargs,
+                **popen_options(),
             )
         except OSError:
             self._close_log()
@@ -224,8 +246,24 @@ class Job:
             self.poll()
         return self._state
 
+    def request_stop(self) -> bool:
+        """Write the stop file (no signal, no deadline); ``False`` when the job has none.
+
+        The child ends on its own, e.g. training after its current iteration with ``last.pt``
+        saved and a ``finished`` event with status ``cancelled``.
+        """
+        if self.stop_file is None:
+            return False
+        self.stop_file.parent.mkdir(parents=True, exist_ok=True)
+        self.stop_file.write_text(f"stop requested at {time.time():.3f}\n", encoding="utf-8")
+        log.info("job %s: wrote %s", self.pid, self.stop_file)
+        return True
+
     def cancel(self, grace_s: float = 10.0, wait: bool = True) -> None:
-        """Stop the whole process tree: a polite signal now, a kill after ``grace_s``.
+        """Stop the whole process tree: politely now, by force after ``grace_s``.
+
+        Polite is the stop file (when the job has one) and then a polite signal, which does not
+        reach every child (see the module docstring); the kill reaches all.
 
         Args:
             grace_s: seconds the child gets to finish cleanly (training saves ``last.pt``).
@@ -237,6 +275,10 @@ class Job:
         self._cancel_requested = True
         if self._kill_deadline is None:
             self._kill_deadline = time.monotonic() + grace_s
+            try:
+                self.request_stop()
+            except OSError as exc:  # e.g. the folder is gone: the signal and the kill remain
+                log.warning("could not write the stop file %s: %s", self.stop_file, exc)
             self._signal_tree(polite=True)
         if not wait:
             return
@@ -300,7 +342,7 @@ class Job:
         pid = self._process.pid
         try:
             if IS_WINDOWS:
-                if polite:
+                if polite:  # fails from a process without a console (Slicer): the stop file
                     os.kill(pid, signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
                 else:
                     subprocess.run(
@@ -308,6 +350,7 @@ class Job:
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
                         check=False,
+                        creationflags=CREATE_NO_WINDOW,  # taskkill is a console program too
                     )
             else:
                 os.killpg(pid, signal.SIGTERM if polite else signal.SIGKILL)
