@@ -4,6 +4,10 @@ The Slicer shell over the ``dkuxnet`` core. This file holds only what needs the 
 application (qt widgets, ``slicer.app``, ``slicer.modules``); the work is done in
 ``DKUXNetSegmentLib.logic`` (no qt, tested on slicer-core) and in background ``dkuxnet``
 processes, so Slicer never freezes.
+
+Slicer imports this file at start-up whatever its version, so it stays valid Python 3.9 (the
+Python of Slicer 5.6 and 5.8) and imports the rest of the extension, which needs Python 3.10+
+(Slicer 5.10+), only after the version check (``Testing/test_supported_slicer.py``).
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+import traceback
 from pathlib import Path
 
+import ctk
 import qt
 import slicer
 import vtk
@@ -24,23 +30,27 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from dkuxnet.jobs import JobState
-from DKUXNetSegmentLib import slicer_bridge
-from DKUXNetSegmentLib.logic import (
-    DEVICES,
-    MODEL_SOURCES,
-    REQUIRED_PACKAGES,
-    DKUXNetLogic,
-    FineTuneTask,
-    LabeledPair,
-    Parameters,
-    SegmentTask,
-    format_duration,
-    missing_packages,
-    resolve_model,
-)
+from DKUXNetSegmentLib.supported import MINIMUM_SLICER, unsupported_reason
+
+SUPPORTED = unsupported_reason() is None
+if SUPPORTED:  # on an older Slicer the panel shows unsupported_reason() instead
+    from dkuxnet.errors import InputError
+    from dkuxnet.jobs import JobState
+    from DKUXNetSegmentLib import slicer_bridge
+    from DKUXNetSegmentLib.logic import (
+        DEVICES,
+        MODEL_SOURCES,
+        REQUIRED_PACKAGES,
+        DKUXNetLogic,
+        LabeledPair,
+        Parameters,
+        format_duration,
+        missing_packages,
+        resolve_model,
+    )
 
 POLL_INTERVAL_MS = 500
+MODEL_FILE_FILTERS = ["Model checkpoint (*.pt)"]
 
 
 # ---------------------------------------------------------------------------------- module
@@ -60,7 +70,8 @@ class DKUXNetSegment(ScriptedLoadableModule):
             "<b>Segment</b>: pick a volume and click Segment; the result is a new segmentation "
             "unless you choose one to replace.<br>"
             "<b>Fine-tune</b>: add volumes with their left-atrium segment, optionally unlabeled "
-            "volumes, and start; the new model is then used by Segment."
+            "volumes, and start; the new model is then used by Segment.<br>"
+            f"Needs 3D Slicer {MINIMUM_SLICER} or newer."
         )
         self.parent.acknowledgementText = (
             "Method: Dual kMaX UX-Net for semi-supervised medical image segmentation "
@@ -75,14 +86,22 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic = None
+        self.logic = None  # stays None on an unsupported Slicer: no panel, nothing to do
         self._parameterNode = None
         self._updatingGUI = False
-        self._segmentTask: SegmentTask | None = None
-        self._fineTuneTask: FineTuneTask | None = None
+        self._segmentTask = None  # SegmentTask
+        self._fineTuneTask = None  # FineTuneTask
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
+        if not SUPPORTED:
+            message = unsupported_reason(slicer_version=slicer.app.applicationVersion)
+            logging.error(message)
+            label = qt.QLabel(message)
+            label.wordWrap = True
+            self.layout.addWidget(label)
+            self.layout.addStretch(1)
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/DKUXNetSegment.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -123,6 +142,8 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self):
         """Module closed (application exit): stop the jobs; they must not outlive Slicer."""
+        if self.logic is None:
+            return
         self.timer.stop()
         for task in (self._segmentTask, self._fineTuneTask):
             if task is not None and not task.state.is_final:
@@ -130,12 +151,12 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
 
     def enter(self):
-        self.initializeParameterNode()
+        if self.logic is not None:
+            self.initializeParameterNode()
 
     def exit(self):
-        self.removeObserver(
-            self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode
-        )
+        # The timer keeps polling the jobs while the module is hidden; only the GUI rests.
+        self._observeParameterNode(False)
 
     def onSceneStartClose(self, caller, event):
         self.setParameterNode(None)
@@ -154,16 +175,25 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 params.input_volume = firstVolume
 
     def setParameterNode(self, inputParameterNode):
-        if self._parameterNode is not None:
-            self.removeObserver(
-                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode
-            )
+        self._observeParameterNode(False)
         self._parameterNode = inputParameterNode
-        if self._parameterNode is not None:
-            self.addObserver(
-                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode
-            )
+        self._observeParameterNode(True)
         self.updateGUIFromParameterNode()
+
+    def _observeParameterNode(self, observe):
+        """Start or stop following the parameter node; doing either twice is harmless.
+
+        VTKObservationMixin warns when asked to remove an observer it does not have, which
+        exit() followed by enter() used to do.
+        """
+        node, event = self._parameterNode, vtk.vtkCommand.ModifiedEvent
+        method = self.updateGUIFromParameterNode
+        if node is None or self.hasObserver(node, event, method) == observe:
+            return
+        if observe:
+            self.addObserver(node, event, method)
+        else:
+            self.removeObserver(node, event, method)
 
     def updateGUIFromParameterNode(self, caller=None, event=None):
         if self._parameterNode is None or self._updatingGUI:
@@ -174,6 +204,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.inputVolumeSelector.setCurrentNode(params.input_volume)
             self.ui.outputSegmentationSelector.setCurrentNode(params.output_segmentation)
             self.ui.modelSourceComboBox.currentIndex = MODEL_SOURCES.index(params.model_source)
+            self._setModelPathBrowsing(params.model_source)
             self.ui.modelPathLineEdit.currentPath = params.model_path
             self.ui.modelPathLineEdit.enabled = params.model_source != "default"
             self.ui.deviceComboBox.currentIndex = DEVICES.index(params.device)
@@ -202,6 +233,20 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         params.iterations = self.ui.iterationsSpinBox.value
         params.start_from_current_model = self.ui.startFromCurrentModelCheckBox.checked
         self._parameterNode.EndModify(wasModified)
+
+    def _setModelPathBrowsing(self, source):
+        """Browse picks a folder for a run and a .pt file for a checkpoint.
+
+        ctkPathLineEdit opens a file dialog whenever its filters include Files, as CTK's default
+        does, and a folder dialog otherwise (ctkPathLineEdit::browse).
+        """
+        lineEdit = self.ui.modelPathLineEdit
+        if source == "run":
+            lineEdit.filters = ctk.ctkPathLineEdit.Dirs
+            lineEdit.nameFilters = []
+        else:
+            lineEdit.filters = ctk.ctkPathLineEdit.Files
+            lineEdit.nameFilters = MODEL_FILE_FILTERS
 
     def _fillPairsTable(self, pairs):
         table = self.ui.pairsTableWidget
@@ -263,18 +308,43 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ]
 
     # actions
+    def _startShowingErrors(self, message, start):
+        """``start()``, with a failure shown as one error dialog; returns its result or None.
+
+        Unlike slicer.util.tryWithErrorDisplay this does not re-raise (which skipped the
+        button refresh and printed a traceback for a mere wrong choice of the user): an
+        InputError says what to change; anything else also gets the traceback as details
+        and in the log.
+        """
+        try:
+            with slicer.util.WaitCursor():
+                return start()
+        except InputError as exc:
+            slicer.util.errorDisplay(f"{message}\n\n{exc}")
+        except Exception as exc:  # a bug or a broken installation: keep the details
+            logging.error(message, exc_info=True)
+            slicer.util.errorDisplay(f"{message}\n\n{exc}", detailedText=traceback.format_exc())
+        finally:
+            self._updateButtons()
+        return None
+
     def onSegment(self):
         if not self.logic.ensureDependencies():
             return
         params = Parameters(self._parameterNode)
-        with slicer.util.tryWithErrorDisplay("Could not start segmentation.", waitCursor=True):
+
+        def start():
             model = resolve_model(params.model_source, params.model_path)
-            self._segmentTask = self.logic.segment(
+            return self.logic.segment(
                 params.input_volume, model, params.device, params.tta, params.output_segmentation
             )
+
+        task = self._startShowingErrors("Could not start segmentation.", start)
+        if task is not None:
+            self._segmentTask = task
             self.ui.segmentProgressBar.value = 0
             self.timer.start()
-        self._updateButtons()
+            self._updateButtons()
 
     def onSegmentCancel(self):
         if self._segmentTask is not None:
@@ -284,30 +354,37 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self.logic.ensureDependencies():
             return
         params = Parameters(self._parameterNode)
-        with slicer.util.tryWithErrorDisplay("Could not start fine-tuning.", waitCursor=True):
+
+        def start():
             initModel = (
                 resolve_model(params.model_source, params.model_path)
                 if params.start_from_current_model
                 else None
             )
-            task = self.logic.fineTune(
+            return self.logic.fineTune(
                 params.labeled_pairs,
                 params.unlabeled_volumes,
                 params.iterations,
                 initModel,
                 params.device,
             )
-            self._startedFineTune(task)
+
+        self._startedFineTune(self._startShowingErrors("Could not start fine-tuning.", start))
 
     def onFineTuneResume(self):
         if not self.logic.ensureDependencies():
             return
         params = Parameters(self._parameterNode)
-        with slicer.util.tryWithErrorDisplay("Could not resume fine-tuning.", waitCursor=True):
-            plots = self._fineTuneTask.plots if self._fineTuneTask is not None else None
-            self._startedFineTune(self.logic.resumeFineTune(params.fine_tune_folder, plots))
+        plots = self._fineTuneTask.plots if self._fineTuneTask is not None else None
+
+        def start():
+            return self.logic.resumeFineTune(params.fine_tune_folder, plots)
+
+        self._startedFineTune(self._startShowingErrors("Could not resume fine-tuning.", start))
 
     def _startedFineTune(self, task):
+        if task is None:  # it did not start; the error was shown
+            return
         self._fineTuneTask = task
         Parameters(self._parameterNode).fine_tune_folder = str(task.job.folder)
         self.ui.fineTuneProgressBar.value = 0
@@ -337,6 +414,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 slicer.util.setSliceViewerLayers(
                     background=segmentTask.scene.GetNodeByID(segmentTask.volume_node_id)
                 )
+                slicer.util.resetThreeDViews()  # centre the 3D view on the new result
         if fineTuneTask is not None and not fineTuneTask.state.is_final:
             self._pollTask(fineTuneTask, self.ui.fineTuneProgressBar, self.ui.fineTuneStatusLabel)
             if fineTuneTask.state is JobState.COMPLETED:
@@ -465,6 +543,9 @@ class DKUXNetSegmentTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        if not SUPPORTED:
+            self.delayDisplay(unsupported_reason(slicer_version=slicer.app.applicationVersion))
+            return
         self.setUp()
         self.test_SegmentPhantom()
 
@@ -490,6 +571,7 @@ class DKUXNetSegmentTest(ScriptedLoadableModuleTest):
 
         image, label = make_phantom(self.PHANTOM_SHAPE, seed=7)
         volumeNode = slicer_bridge.add_volume_node(slicer.mrmlScene, image, "LA phantom")
+        slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
         self.delayDisplay("Segmenting the phantom in the background")
         task = logic.segment(volumeNode, model, device="auto")
         deadline = time.monotonic() + self.TIMEOUT_S
