@@ -435,3 +435,30 @@ def test_segment_end_to_end_with_real_predict(scene, tmp_path) -> None:
     assert any(e["event"] == "progress" for e in task.job.events)
     after = snapshot(node)
     np.testing.assert_array_equal(after[0], before[0])
+
+
+@pytest.mark.slow
+def test_the_self_test_phantom_with_the_bundled_model(scene, tmp_path) -> None:
+    """What DKUXNetSegmentTest checks inside Slicer, here on slicer-core with the same chain.
+
+    The bundled model (real LA MRI) undersegments the phantom, so the self-test checks where
+    the segment is, not its Dice; this keeps its floor honest whenever the model changes.
+    """
+    from dkuxnet.resources import default_model_path
+    from dkuxnet.synthetic import make_phantom
+
+    model = default_model_path()
+    if model is None or logic_module.missing_packages():
+        pytest.skip("no bundled model or no torch/monai/SimpleITK")
+    image, label = make_phantom((64, 64, 64), seed=7)  # DKUXNetSegmentTest's phantom
+    volume_node = bridge.add_volume_node(scene, image, "LA phantom")
+    logic = logic_module.DKUXNetLogic(scene, jobs_dir=tmp_path / "jobs")
+    task = logic.start_segment(volume_node, model, device="cpu")
+    assert task.wait(600) is JobState.COMPLETED, task.error
+    seg = task.result
+    seg_id = seg.GetSegmentation().GetSegmentIdBySegmentName(bridge.LEFT_ATRIUM)
+    predicted = bridge.export_segment(seg, seg_id, volume_node)
+    assert predicted.same_geometry(image), predicted.geometry_differences(image)
+    segment, truth = predicted.array > 0, label.array > 0
+    assert segment.sum() > 0
+    assert np.logical_and(segment, truth).sum() / segment.sum() > 0.9  # INSIDE_FLOOR
