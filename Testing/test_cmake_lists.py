@@ -3,14 +3,23 @@
 Slicer installs only what ``slicerMacroBuildScriptedModule`` is given, so a core file that is
 not listed works from the source tree and is missing from the packaged extension. This test
 makes that a CI failure; ``python scripts/sync_cmake_lists.py`` fixes it.
+
+The catalogue checks mirror what the extensions index checks on a new entry
+(``scripts/check_description_files.py`` of Slicer/ExtensionsIndex): a ``NAME.json`` entry
+valid against the catalogue-entry schema, a top-level ``project(NAME)``, icon and screenshot
+URLs that are images, a licence file at the root. Since Slicer 5.8 the index holds ``.json``
+entries; the ``.s4ext`` format is read only by the 5.6 branch, which this extension does not
+support (it needs Slicer 5.10+).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -18,7 +27,22 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULE_DIR = ROOT / "DKUXNetSegment"
 MODULE_CMAKE = MODULE_DIR / "CMakeLists.txt"
 TOP_CMAKE = ROOT / "CMakeLists.txt"
-S4EXT = ROOT / "DKUXNetSegment.s4ext"
+EXTENSION = "DKUXNetSegment"
+CATALOGUE_ENTRY = ROOT / f"{EXTENSION}.json"
+# Slicer/Slicer Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json: its properties
+# (additionalProperties is false) and required keys
+SCHEMA_URL = (
+    "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/"
+    "slicer-extension-catalog-entry-schema-v1.0.1.json#"
+)
+SCHEMA_PROPERTIES = {
+    "$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
+    "build_subdirectory", "enabled", "tier",
+}  # fmt: skip
+SCHEMA_REQUIRED = {"$schema", "category", "scm_url"}
+# cmake_minimum_required of Slicer 5.10's extension template (the oldest supported Slicer)
+TEMPLATE_CMAKE_RANGE = "3.20.6...3.22.6"
+RAW_URL = "https://raw.githubusercontent.com/DKUXNetSegment/SlicerDKUXNetSegment/main/"
 SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
 
 
@@ -86,20 +110,11 @@ def top_level_variables() -> dict[str, str]:
     return dict(re.findall(r'set\((EXTENSION_\w+)\s+"([^"]*)"\)', text))
 
 
-def s4ext_fields() -> dict[str, str]:
-    fields = {}
-    for line in S4EXT.read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, _, value = line.strip().partition(" ")
-            fields[key] = value.strip()
-    return fields
-
-
 def test_top_level_cmake_is_a_slicer_extension() -> None:
     text = TOP_CMAKE.read_text()
     for needle in (
-        "cmake_minimum_required(",
-        "project(DKUXNetSegment)",
+        f"cmake_minimum_required(VERSION {TEMPLATE_CMAKE_RANGE} FATAL_ERROR)",
+        f"project({EXTENSION})",
         "find_package(Slicer REQUIRED)",
         "include(${Slicer_USE_FILE})",
         "add_subdirectory(DKUXNetSegment)",
@@ -108,48 +123,59 @@ def test_top_level_cmake_is_a_slicer_extension() -> None:
     ):
         assert needle in text, needle
     variables = top_level_variables()
-    for name in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "DEPENDS"):
+    for name in ("HOMEPAGE", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
         assert variables.get(f"EXTENSION_{name}"), f"EXTENSION_{name} is empty"
-    assert "EXTENSION_SCREENSHOTURLS" in variables
+    # since Slicer 5.8 the category lives in the catalogue entry (the template dropped it)
+    assert "EXTENSION_CATEGORY" not in variables
+    assert "Slicer 5.10 or newer" in variables["EXTENSION_DESCRIPTION"]
     # the order matters: the extension variables must be set before find_package(Slicer)
     assert text.index("EXTENSION_HOMEPAGE") < text.index("find_package(Slicer")
 
 
-def test_s4ext_is_complete_and_agrees_with_cmake() -> None:
-    fields = s4ext_fields()
-    required = [
-        "scm",
-        "scmurl",
-        "scmrevision",
-        "depends",
-        "build_subdirectory",
-        "homepage",
-        "contributors",
-        "category",
-        "iconurl",
-        "status",
-        "description",
-        "screenshoturls",
-        "enabled",
-    ]
-    missing = [key for key in required if key not in fields]
-    assert not missing, f"{S4EXT.name} lacks {missing}"
-    for key in ("scm", "scmurl", "scmrevision", "homepage", "category", "iconurl", "description"):
-        assert fields[key], f"{key} is empty"
-    assert fields["enabled"] in ("0", "1")
+def test_icon_and_screenshot_urls_are_images_in_this_repository() -> None:
+    """The index downloads them; here: each URL names a PNG committed at that path."""
     variables = top_level_variables()
-    pairs = {
-        "homepage": "EXTENSION_HOMEPAGE",
-        "category": "EXTENSION_CATEGORY",
-        "contributors": "EXTENSION_CONTRIBUTORS",
-        "description": "EXTENSION_DESCRIPTION",
-        "iconurl": "EXTENSION_ICONURL",
-        "screenshoturls": "EXTENSION_SCREENSHOTURLS",
-        "depends": "EXTENSION_DEPENDS",
-    }
-    for key, variable in pairs.items():
-        assert fields[key] == variables[variable], f"{key} differs from {variable}"
-    assert fields["iconurl"].endswith("/Resources/DKUXNetSegment.png")
+    urls = [variables["EXTENSION_ICONURL"], *variables["EXTENSION_SCREENSHOTURLS"].split()]
+    assert len(urls) >= 2
+    for url in urls:
+        assert url.startswith(RAW_URL), url
+        path = ROOT / url[len(RAW_URL) :]
+        assert path.is_file(), f"{url}: no {path.relative_to(ROOT)}"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+
+
+def test_catalogue_entry_is_valid() -> None:
+    raw = CATALOGUE_ENTRY.read_bytes()
+    assert b"\r" not in raw, "the index wants LF line endings"
+    entry = json.loads(raw)
+    assert entry.keys() >= SCHEMA_REQUIRED, SCHEMA_REQUIRED - entry.keys()
+    assert entry.keys() <= SCHEMA_PROPERTIES, entry.keys() - SCHEMA_PROPERTIES
+    assert entry["$schema"] == SCHEMA_URL
+    assert entry["category"] == "Segmentation"  # one of the index's accepted categories
+    url = urlsplit(entry["scm_url"])
+    assert url.scheme == "https" and url.netloc == "github.com"
+    owner_and_repository = url.path.strip("/").removesuffix(".git")
+    assert owner_and_repository.split("/")[-1].startswith("Slicer")  # the index's naming rule
+    assert not EXTENSION.startswith("Slicer")
+    assert f"https://raw.githubusercontent.com/{owner_and_repository}/main/" == RAW_URL
+    assert isinstance(entry.get("tier", 1), int) and 1 <= entry.get("tier", 1) <= 5
+    assert entry.get("build_subdirectory", ".") == "."
+    depends = top_level_variables()["EXTENSION_DEPENDS"]
+    expected = [] if depends == "NA" else depends.replace(";", " ").split()
+    assert entry.get("build_dependencies", []) == expected
+
+
+def test_only_the_json_entry_is_kept() -> None:
+    assert not (ROOT / f"{EXTENSION}.s4ext").exists(), (
+        "the .s4ext entry is read only by the Slicer 5.6 index branch, which is not supported"
+    )
+
+
+def test_license_file_at_the_root_matches_the_package_licence() -> None:
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text
+    assert 'license = { text = "Apache-2.0" }' in (ROOT / "pyproject.toml").read_text()
 
 
 def test_icons_are_128_pixel_pngs() -> None:
