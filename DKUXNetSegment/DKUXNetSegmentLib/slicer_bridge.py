@@ -226,7 +226,7 @@ def export_segment(
         exported = volume_from_node(label_node)
     finally:
         _remove_node(label_node)
-        # The export also adds a "<segmentation>_ColorTable" node for the label's display node
+        # The export also adds a "..._ColorTable" node for the label's display node
         # (vtkSlicerSegmentationsModuleLogic::ExportSegmentsToLabelmapNode, Slicer 5.6 to 5.10).
         # It is as temporary as the label node and would otherwise be saved with the scene.
         for node_id in _node_ids(scene, "vtkMRMLColorTableNode") - color_tables_before:
