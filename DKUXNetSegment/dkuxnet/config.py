@@ -28,6 +28,7 @@ from dkuxnet.errors import ConfigError
 T = TypeVar("T", bound="_Section")
 
 PRESETS = ("paper", "lite")
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 PREDICTION_HEADS = ("cnn", "kmax", "mean")
 
 
@@ -127,6 +128,15 @@ def _check_choice(section: str, name: str, value: str, choices: Sequence[str]) -
         raise _fail(section, name, f"must be one of {', '.join(choices)}, got {value!r}")
 
 
+def _normalise_amp(section_obj: Any, section: str) -> None:
+    """``amp`` of a frozen section: a bool from an older config -> auto/off; then checked."""
+    value = section_obj.amp
+    if isinstance(value, bool):
+        value = "auto" if value else "off"
+        object.__setattr__(section_obj, "amp", value)
+    _check_choice(section, "amp", value, AMP_CHOICES)
+
+
 def _check_positive(section: str, name: str, value: float, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         raise _fail(section, name, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
@@ -147,6 +157,10 @@ class ModelConfig(_Section):
         drop_path_rate: stochastic depth, linearly increasing over all encoder blocks.
         layer_scale_init: initial layer-scale value of the UX-Net blocks.
         norm_name: normalisation of the MONAI decoder blocks.
+        full_res_channels: width of the CNN decoder's full-resolution (stride 1) stage;
+            0 = ``feature_sizes[0]`` (the public model). The stage runs over every voxel, so
+            it dominates the cost of a small network.
+        refine_block: the extra residual block after the last up block (public model: on).
         num_queries: N cluster centres of the kMaX decoder.
         query_dim: width of a cluster centre (256 in kMaX-DeepLab).
         embed_dim: width of the L2-normalised pixel/centre embeddings (128).
@@ -174,6 +188,8 @@ class ModelConfig(_Section):
     drop_path_rate: float = 0.0
     layer_scale_init: float = 1e-6
     norm_name: str = "instance"
+    full_res_channels: int = 0
+    refine_block: bool = True
     num_queries: int = 128
     query_dim: int = 256
     embed_dim: int = 128
@@ -203,6 +219,7 @@ class ModelConfig(_Section):
                 "depths",
                 f"need one positive depth per stage ({len(self.feature_sizes)}), got {self.depths}",
             )
+        _check_positive(s, "full_res_channels", self.full_res_channels, allow_zero=True)
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise _fail(s, "kernel_size", f"must be odd and >= 1, got {self.kernel_size}")
         if not 0.0 <= self.drop_path_rate < 1.0:
@@ -277,6 +294,8 @@ class ModelConfig(_Section):
                 kmax_heads=4,
                 kmax_ffn_dim=256,
                 mask_stride=2,
+                full_res_channels=8,
+                refine_block=False,
             )
         else:
             raise ConfigError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
@@ -293,6 +312,7 @@ class DataConfig(_Section):
         labeled_batch / unlabeled_batch: patches per iteration from each stream.
         foreground_ratio: probability that a labeled patch is centred on foreground.
         target_spacing: resample images to this spacing (x, y, z mm) first; empty = keep.
+        prefetch: iterations whose batches a worker thread prepares ahead (0 = none, in line).
     """
 
     SECTION: typing.ClassVar[str] = "data"
@@ -302,6 +322,7 @@ class DataConfig(_Section):
     unlabeled_batch: int = 2
     foreground_ratio: float = 0.8
     target_spacing: tuple[float, ...] = ()
+    prefetch: int = 2
 
     def __post_init__(self) -> None:
         s = self.SECTION
@@ -309,6 +330,7 @@ class DataConfig(_Section):
             raise _fail(s, "patch_size", f"sides must be positive, got {self.patch_size}")
         _check_positive(s, "labeled_batch", self.labeled_batch)
         _check_positive(s, "unlabeled_batch", self.unlabeled_batch, allow_zero=True)
+        _check_positive(s, "prefetch", self.prefetch, allow_zero=True)
         if not 0.0 <= self.foreground_ratio <= 1.0:
             raise _fail(s, "foreground_ratio", f"must be in [0, 1], got {self.foreground_ratio}")
         if self.target_spacing and (
@@ -332,6 +354,9 @@ class TrainingConfig(_Section):
         consistency_weight: w_max of the sigmoid ramp-up.
         rampup_fraction: T_r as a fraction of the iterations.
         lambda_query: weight of CE(groups, y); lambda_aux: weight of the per-layer kMaX losses.
+        amp: mixed precision: ``auto`` (fp16 on a GPU, bf16 on a CPU with native bf16, else
+            fp32), ``bf16``, ``fp16`` (GPU only) or ``off``. Configs from before this setting
+            said ``true`` / ``false``: read as ``auto`` / ``off``.
     """
 
     SECTION: typing.ClassVar[str] = "training"
@@ -353,7 +378,7 @@ class TrainingConfig(_Section):
     schedule: str = "poly"
     warmup_iterations: int = 0
     grad_clip: float = 12.0
-    amp: bool = True
+    amp: str | bool = "auto"  # a bool only as read from an older config; normalised to str
     strong_noise_std: float = 0.1
     strong_gamma: float = 0.3
     strong_blur_sigma: float = 1.0
@@ -366,6 +391,7 @@ class TrainingConfig(_Section):
 
     def __post_init__(self) -> None:
         s = self.SECTION
+        _normalise_amp(self, s)
         _check_choice(s, "mode", self.mode, ("dual", "supervised"))
         _check_choice(s, "segc_form", self.segc_form, ("cps", "mse"))
         _check_choice(s, "optimizer", self.optimizer, ("adamw", "sgd"))
@@ -408,6 +434,7 @@ class InferenceConfig(_Section):
         largest_component: keep only the largest connected component of each foreground class.
         crop_foreground: predict only inside the bounding box of the voxels brighter than the
             image minimum (constant padding or an exactly-zero background is left out).
+        amp: mixed precision of the forward passes, as ``training.amp``.
     """
 
     SECTION: typing.ClassVar[str] = "inference"
@@ -419,9 +446,11 @@ class InferenceConfig(_Section):
     tta: bool = False
     largest_component: bool = True
     crop_foreground: bool = True
+    amp: str | bool = "auto"
 
     def __post_init__(self) -> None:
         s = self.SECTION
+        _normalise_amp(self, s)
         if not 0.0 <= self.overlap < 1.0:
             raise _fail(s, "overlap", f"must be in [0, 1), got {self.overlap}")
         _check_positive(s, "sw_batch_size", self.sw_batch_size)

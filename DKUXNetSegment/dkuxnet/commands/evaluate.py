@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
+from dkuxnet.config import AMP_CHOICES
 from dkuxnet.errors import InputError, OutputExistsError
 
 HELP = "score a model on a dataset split, or prediction files against label files"
@@ -36,6 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", help="folder of reference label files (same case names)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     parser.add_argument("--tta", action="store_true", default=None, help="flip test-time augm.")
+    parser.add_argument(
+        "--precision",
+        choices=AMP_CHOICES,
+        default=None,
+        help="mixed precision: auto (default: bf16 on a CPU with native bf16, fp16 on a GPU, "
+        "else fp32), bf16, fp16 (GPU) or off (fp32)",
+    )
     parser.add_argument(
         "--voxel-units",
         action="store_true",
@@ -106,7 +114,9 @@ def _score_model(args: argparse.Namespace) -> list[dict[str, Any]]:
     cases = [c for c in getattr(split, args.split) if c.label is not None]
     if not cases:
         raise InputError(f"{args.data}: the {args.split} split has no case with a label")
-    predictor = Predictor.from_checkpoint(resolve_model(args.model), args.device, tta=args.tta)
+    predictor = Predictor.from_checkpoint(
+        resolve_model(args.model), args.device, tta=args.tta, amp=args.precision
+    )
     with tqdm(total=len(cases), desc="cases", unit="case", disable=None, file=sys.stderr) as bar:
         return score_cases(
             predictor,

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from dkuxnet.config import AMP_CHOICES
 from dkuxnet.errors import ConfigError, InputError, OutputExistsError
 
 HELP = "segment an image or a folder of images with a trained model (checkpoint or run folder)"
@@ -53,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sw-batch-size", type=int, default=None, help="windows per forward pass (config)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=AMP_CHOICES,
+        default=None,
+        help="mixed precision: auto (default: bf16 on a CPU with native bf16, fp16 on a GPU, "
+        "else fp32), bf16, fp16 (GPU) or off (fp32)",
     )
     parser.add_argument(
         "--probabilities",
@@ -194,6 +202,7 @@ def _predict_all(args: argparse.Namespace, emit: Any) -> None:
         "networks_choice": args.networks,
         "largest_component": args.largest_component,
         "sw_batch_size": args.sw_batch_size,
+        "amp": args.precision,
     }
     predictor = Predictor.from_checkpoint(model, args.device, **overrides)
     emit(

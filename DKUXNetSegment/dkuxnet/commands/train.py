@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import threading
 from pathlib import Path
 
 from dkuxnet.config import TrainConfig
+from dkuxnet.data import DatasetSplit
 from dkuxnet.errors import ConfigError, InputError
 
 HELP = "train Dual kMaX UX-Net on labeled + unlabeled scans (dual or supervised mode)"
@@ -35,6 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-plan",
+        action="store_true",
+        help="keep the preset's spacing, patch and batch instead of planning them from the "
+        "dataset and this machine",
+    )
 
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
@@ -62,6 +70,43 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     return base.with_overrides(overrides) if overrides else base
 
 
+PLANNED_KEYS = (
+    "data.target_spacing",
+    "data.patch_size",
+    "data.labeled_batch",
+    "data.unlabeled_batch",
+)
+
+
+def given_keys(args: argparse.Namespace) -> set[str]:
+    """``section.key`` names the user set through --config or --set."""
+    keys = {a.split("=", 1)[0].strip() for a in args.set}
+    if args.config:
+        for section, values in TrainConfig.load(args.config).to_dict().items():
+            keys |= {f"{section}.{k}" for k in values}
+    return keys
+
+
+def apply_plan(config: TrainConfig, args: argparse.Namespace, data: DatasetSplit) -> TrainConfig:
+    """Fill the planned settings the user did not give (none with --init, --resume, --no-plan:
+    a fine-tune keeps its model's spacing and patch; a resumed run keeps its own config)."""
+    if args.no_plan or args.init or args.resume:
+        return config
+    from dkuxnet.plan import fingerprint, make_plan, this_machine
+
+    open_keys = [k for k in PLANNED_KEYS if k not in given_keys(args)]
+    if not open_keys:
+        return config
+    cases = list(data.labeled) + list(data.unlabeled)
+    plan = make_plan(fingerprint(c.image for c in cases), this_machine(args.device), config.model)
+    for line in plan.reasons:
+        log.info("plan: %s", line)
+    planned = plan.as_overrides()
+    log.info("plan sets %s (override with --set or --config; --no-plan keeps the preset's)",
+             ", ".join(f"{k}={planned[k]}" for k in open_keys))  # fmt: skip
+    return config.with_overrides([f"{k}={json.dumps(planned[k])}" for k in open_keys])
+
+
 def run(args: argparse.Namespace) -> int:
     from dkuxnet.data import load_dataset
     from dkuxnet.progress import follow_training
@@ -75,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
             "(labelsTr/ or a 'training' entry with 'label')"
         )
     log.info(data.summary())
+    config = apply_plan(config, args, data)
     trainer = Trainer(
         config,
         data,

@@ -38,7 +38,7 @@ from scipy import ndimage
 
 from dkuxnet.config import TrainConfig
 from dkuxnet.data import normalize_image
-from dkuxnet.device import resolve_device
+from dkuxnet.device import autocast_dtype, resolve_device
 from dkuxnet.errors import CheckpointError, ConfigError, InputError
 from dkuxnet.io import Volume
 
@@ -216,7 +216,10 @@ class Predictor:
         largest_component: keep the largest connected component per foreground class
             (``None`` = ``config.inference.largest_component``).
         sw_batch_size: windows per forward pass (``None`` = ``config.inference.sw_batch_size``).
-        amp: mixed precision for the forward pass (``None`` = on for CUDA, off on CPU).
+        amp: mixed precision of the forward passes, ``auto`` | ``bf16`` | ``fp16`` | ``off``
+            (``None`` = ``config.inference.amp``; see :func:`dkuxnet.device.autocast_dtype`:
+            ``auto`` is fp16 on a GPU, bf16 on a CPU with native bf16, else fp32). Booleans
+            are read as ``auto`` / ``off``.
 
     Raises:
         ConfigError: an unknown ``networks_choice``, ``b`` asked of a single-network model, a
@@ -233,7 +236,7 @@ class Predictor:
         networks_choice: str | None = None,
         largest_component: bool | None = None,
         sw_batch_size: int | None = None,
-        amp: bool | None = None,
+        amp: str | bool | None = None,
     ) -> None:
         if not networks:
             raise ConfigError("Predictor needs at least one network")
@@ -260,7 +263,11 @@ class Predictor:
         self.sw_batch_size = inference.sw_batch_size if sw_batch_size is None else sw_batch_size
         if self.sw_batch_size < 1:
             raise ConfigError(f"sw_batch_size must be >= 1, got {self.sw_batch_size}")
-        self.amp = (self.device.type == "cuda") if amp is None else bool(amp)
+        if amp is None:
+            amp = inference.amp
+        if isinstance(amp, bool):
+            amp = "auto" if amp else "off"
+        self.amp_dtype = autocast_dtype(self.device, amp)
         self.num_classes = config.model.out_channels
         self.patch_size = tuple(config.data.patch_size)
         selected = {"both": list(networks), "a": [networks[0]], "b": [networks[-1]]}[choice]
@@ -485,7 +492,11 @@ class Predictor:
         for axes in self._flips:
             flipped = torch.flip(batch, axes) if axes else batch
             for net in self.networks:
-                with torch.autocast(self.device.type, enabled=self.amp):
+                with torch.autocast(
+                    self.device.type,
+                    dtype=self.amp_dtype or torch.float32,
+                    enabled=self.amp_dtype is not None,
+                ):
                     output = net(flipped)
                 probs = output.probabilities(head).float()  # (n, K, *P)
                 if axes:

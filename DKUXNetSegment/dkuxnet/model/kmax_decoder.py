@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from monai.networks.layers import Conv
 from torch import nn
 
-from dkuxnet.model.blocks import depthwise_friendly
+from dkuxnet.model.blocks import depthwise_conv
 
 _EPS = 1e-6
 
@@ -58,8 +58,12 @@ class MaskPredictor(nn.Module):
     def forward(
         self, centers: torch.Tensor, embeddings: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        kernels = F.normalize(self.kernel(centers), dim=-1)  # (B, N, E)
-        masks = torch.einsum("bne,bep->bnp", kernels, embeddings) * self.logit_scale  # (B, N, P)
+        # fp32 under autocast: the mask logits (cosine x scale ~10) feed the query distribution
+        # and the hard assignment, where bf16's 3 significant digits would blur them.
+        with torch.autocast(centers.device.type, enabled=False):
+            kernels = F.normalize(self.kernel(centers.float()), dim=-1)  # (B, N, E)
+            # (B, N, E) x (B, E, P) -> (B, N, P)
+            masks = torch.einsum("bne,bep->bnp", kernels, embeddings.float()) * self.logit_scale
         return masks, self.classes(centers)
 
 
@@ -112,9 +116,10 @@ class KMaXLayer(nn.Module):
             assignment = F.one_hot(winner, masks.shape[1]).to(torch.float32)  # (B, P, N)
         values = self.pixel_value(pixels)  # (B, Cq, P)
         with torch.autocast(device_type=values.device.type, enabled=False):
-            # (B, P, N) x (B, Cq, P) -> (B, N, Cq): sum of each cluster's pixel values, fp32
-            update = torch.einsum("bpn,bcp->bnc", assignment, values.float())
-        centers = centers + self.update_proj(self.update_norm(update.to(centers.dtype)))
+            # (B, P, N) x (B, Cq, P) -> (B, N, Cq): sum of each cluster's pixel values, fp32,
+            # normalised in fp32 too (a half-precision sum over ~1e5 voxels can overflow)
+            update = self.update_norm(torch.einsum("bpn,bcp->bnc", assignment, values.float()))
+        centers = centers + self.update_proj(update)
         q = self.attn_norm(centers)
         centers = centers + self.attn(q, q, q, need_weights=False)[0]
         centers = centers + self.ffn(self.ffn_norm(centers))
@@ -131,7 +136,7 @@ class PixelHead(nn.Module):
         super().__init__()
         conv = Conv[Conv.CONV, spatial_dims]
         self.net = nn.Sequential(
-            conv(in_channels, in_channels, 5, padding=2, groups=in_channels),
+            depthwise_conv(spatial_dims, in_channels, 5),
             nn.GroupNorm(1, in_channels),
             conv(in_channels, query_dim, 1),
             nn.GELU(),
@@ -139,7 +144,7 @@ class PixelHead(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.net(depthwise_friendly(x)), dim=1)
+        return F.normalize(self.net(x), dim=1)
 
 
 class KMaXDecoder(nn.Module):
@@ -191,7 +196,8 @@ class KMaXDecoder(nn.Module):
         self, features: Sequence[torch.Tensor], final_features: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         batch = final_features.shape[0]
-        centers = self.centers.unsqueeze(0).expand(batch, -1, -1).to(final_features.dtype)
+        # the centres stay fp32 under autocast (layer outputs in bf16 are promoted when added)
+        centers = self.centers.unsqueeze(0).expand(batch, -1, -1).float()
         aux: list[tuple[torch.Tensor, torch.Tensor]] = []
         for layer, s in zip(self.layers, self.layer_scale_index, strict=True):
             feat = features[s]

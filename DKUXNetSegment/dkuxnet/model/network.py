@@ -14,6 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from dkuxnet.config import ModelConfig
+from dkuxnet.model.blocks import (
+    guard_bf16_convolutions,
+    layout_preserving_norms,
+    memory_format,
+)
 from dkuxnet.model.cnn_decoder import CNNDecoder
 from dkuxnet.model.encoder import UXNetEncoder
 from dkuxnet.model.kmax_decoder import KMaXDecoder
@@ -78,9 +83,11 @@ def _class_maps(
     Shapes: mask logits ``(B, N, *S)``, class logits ``(B, N, K)`` ->
     ``p (B, N, *S)`` and class probabilities ``(B, K, *S)``.
     """
-    p = torch.softmax(mask_logits.float(), dim=1)  # (B, N, *S)
-    cls = torch.softmax(class_logits.float(), dim=-1)  # (B, N, K)
-    probs = torch.einsum("bnp,bnk->bkp", p.flatten(2), cls).unflatten(2, p.shape[2:])
+    with torch.autocast(mask_logits.device.type, enabled=False):  # fp32 under autocast too
+        p = torch.softmax(mask_logits.float(), dim=1)  # (B, N, *S)
+        cls = torch.softmax(class_logits.float(), dim=-1)  # (B, N, K)
+        # (B, N, P) x (B, N, K) -> (B, K, P)
+        probs = torch.einsum("bnp,bnk->bkp", p.flatten(2), cls).unflatten(2, p.shape[2:])
     return p, probs
 
 
@@ -113,6 +120,8 @@ class DualKMaXUXNet(nn.Module):
             config.hidden_size,
             config.out_channels,
             config.norm_name,
+            config.full_res_channels,
+            config.refine_block,
         )
         strides = self.cnn_decoder.feature_strides
         channels = dict(zip(strides, self.cnn_decoder.feature_channels, strict=True))
@@ -137,6 +146,9 @@ class DualKMaXUXNet(nn.Module):
             start += size
         # (N, K) one-hot membership of each query in a class group; rebuilt from the config.
         self.register_buffer("group_matrix", groups, persistent=False)
+        layout_preserving_norms(self)
+        guard_bf16_convolutions(self)
+        self.to(memory_format=memory_format(dims))  # type: ignore[call-overload]
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` naming the problem if ``x`` cannot go through the network."""
@@ -164,19 +176,23 @@ class DualKMaXUXNet(nn.Module):
     def forward(self, x: torch.Tensor) -> ModelOutput:
         self.check_input(x)
         size = x.shape[2:]
+        x = x.contiguous(memory_format=memory_format(self.config.spatial_dims))  # once, here
         stages = self.encoder(x)
         seg_cnn, features = self.cnn_decoder(x, stages)
         masks, class_logits, aux_raw = self.kmax_decoder(
             [features[i] for i in self._kmax_feature_index], features[self._mask_feature_index]
         )
         p, probs = _class_maps(masks, class_logits)
-        groups = torch.einsum("bnp,nk->bkp", p.flatten(2), self.group_matrix).unflatten(
-            2, p.shape[2:]
-        )  # (B, K, *S_mask)
-        if p.shape[2:] != size:
-            mode = "trilinear" if len(size) == 3 else "bilinear"
-            probs = F.interpolate(probs, size=size, mode=mode, align_corners=False)
-            groups = F.interpolate(groups, size=size, mode=mode, align_corners=False)
+        # Kept in fp32 under autocast: G sums probabilities near 1, where half precision moves
+        # in steps as large as the L_qdc differences it must resolve.
+        with torch.autocast(p.device.type, enabled=False):
+            # (B, N, P) x (N, K) -> (B, K, P), then (B, K, *S_mask)
+            groups = torch.einsum("bnp,nk->bkp", p.flatten(2), self.group_matrix.float())
+            groups = groups.unflatten(2, p.shape[2:])
+            if p.shape[2:] != size:
+                mode = "trilinear" if len(size) == 3 else "bilinear"
+                probs = F.interpolate(probs, size=size, mode=mode, align_corners=False)
+                groups = F.interpolate(groups, size=size, mode=mode, align_corners=False)
         aux_seg = [torch.log(_class_maps(m, c)[1] + _EPS) for m, c in aux_raw]
         return ModelOutput(
             seg_cnn=seg_cnn,

@@ -31,7 +31,7 @@ from torch import nn
 
 from dkuxnet.config import TrainConfig
 from dkuxnet.data import Case, DatasetSplit, TwoStreamSampler
-from dkuxnet.device import resolve_device
+from dkuxnet.device import autocast_dtype, resolve_device
 from dkuxnet.errors import CheckpointError, InputError, OutputExistsError
 from dkuxnet.events import EVENTS_FILE, EventWriter, read_events
 from dkuxnet.losses import (
@@ -56,6 +56,7 @@ from dkuxnet.training.distributed import (
     mean_across_ranks,
     setup_distributed,
 )
+from dkuxnet.training.prefetch import Prefetcher
 from dkuxnet.training.runlock import RunLock
 from dkuxnet.training.schedules import lr_factor, sigmoid_rampup
 
@@ -292,9 +293,7 @@ class Trainer:
             unlabeled_cases = resample_cases(unlabeled_cases, cfg.data.target_spacing, cache)
         networks = self._build_networks()
         for net in networks:
-            net.to(self.device)
-            if self.device.type == "cuda":
-                net.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+            net.to(self.device)  # keeps the channels-last layout build_model chose
         params = [p for net in networks for p in net.parameters()]
         if tcfg.optimizer == "adamw":
             optimizer: torch.optim.Optimizer = torch.optim.AdamW(
@@ -308,8 +307,9 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda it: lr_factor(it, total, tcfg.schedule, tcfg.warmup_iterations)
         )
-        use_amp = tcfg.amp and self.device.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        amp_dtype = autocast_dtype(self.device, str(tcfg.amp))
+        # loss scaling only for fp16 (bf16 has fp32's range)
+        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         start: int = 0
         best_metric: float | None = None
         metrics: dict[str, Any] = {}
@@ -350,6 +350,7 @@ class Trainer:
             job="train",
             total=total,
             device=str(self.device),
+            precision=str(amp_dtype).removeprefix("torch.") if amp_dtype else "float32",
             mode=tcfg.mode,
             resumed_from=start,
             world_size=dist_info.world_size,
@@ -358,12 +359,63 @@ class Trainer:
             validation=[c.name for c in validation],
             message=val_note,
         )
+        prefetch = Prefetcher(
+            lambda i: self._prepare_batch(sampler, i), start, total, depth=cfg.data.prefetch
+        )
+        try:
+            status = self._loop(
+                models, networks, optimizer, scheduler, scaler, amp_dtype, prefetch,
+                validation, best_metric, metrics, start, dist_info, events,
+            )  # fmt: skip
+        finally:
+            prefetch.close()
+        return status
+
+    def _prepare_batch(self, sampler: TwoStreamSampler, iteration: int) -> dict[str, torch.Tensor]:
+        """The patches of ``iteration`` and, in dual mode, network A's strong view of them
+        (``weak`` = labeled then unlabeled patches, ``strong`` = their perturbed copy)."""
+        tcfg = self.config.training
+        batch = sampler.batch(iteration)
+        if self.dual:
+            weak = torch.cat([batch["labeled_image"], batch["unlabeled_image"]])
+            gen = torch.Generator().manual_seed(tcfg.seed * 1_000_003 + iteration)
+            batch["weak"] = weak
+            batch["strong"] = strong_view(
+                weak,
+                gen,
+                tcfg.strong_noise_std,
+                tcfg.strong_gamma,
+                tcfg.strong_blur_sigma,
+                tcfg.strong_bias_coeff,
+            )
+        return batch
+
+    def _loop(
+        self,
+        models: Sequence[nn.Module],
+        networks: Sequence[DualKMaXUXNet],
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        scaler: torch.amp.GradScaler,
+        amp_dtype: torch.dtype | None,
+        prefetch: Prefetcher[dict[str, torch.Tensor]],
+        validation: Sequence[ValidationCase],
+        best_metric: float | None,
+        metrics: dict[str, Any],
+        start: int,
+        dist_info: DistInfo,
+        events: EventWriter,
+    ) -> str:
+        tcfg = self.config.training
+        total = tcfg.iterations
         status = "completed"
         t_last = time.perf_counter()
         it = start
         while it < total:
-            batch = sampler.batch(it)
-            losses = self._step(models, optimizer, scaler, batch, it, use_amp)
+            wait_before = prefetch.wait_s
+            batch = prefetch.get(it)
+            data_wait_s = prefetch.wait_s - wait_before
+            losses = self._step(models, optimizer, scaler, batch, it, amp_dtype)
             scheduler.step()
             it += 1
             now = time.perf_counter()
@@ -379,6 +431,7 @@ class Trainer:
                     lr=optimizer.param_groups[0]["lr"],
                     it_per_s=it_per_s,
                     eta_s=(total - it) / max(it_per_s, 1e-9),
+                    data_wait_s=data_wait_s,
                 )
             if dist_info.is_main and (self.run_dir / STOP_FILE).exists():
                 log.info("%s found: stopping after this iteration", STOP_FILE)
@@ -413,7 +466,7 @@ class Trainer:
         scaler: torch.amp.GradScaler,
         batch: dict[str, torch.Tensor],
         iteration: int,
-        use_amp: bool,
+        amp_dtype: torch.dtype | None,
     ) -> dict[str, float]:
         tcfg = self.config.training
         for m in models:
@@ -421,7 +474,9 @@ class Trainer:
         dev = self.device
         labeled, labels = batch["labeled_image"], batch["labeled_label"].to(dev)
         n_lab = labeled.shape[0]
-        autocast = torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp)
+        autocast = torch.autocast(
+            device_type=dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        )
         optimizer.zero_grad(set_to_none=True)
         parts: dict[str, float] = {}
         if not self.dual:
@@ -431,16 +486,7 @@ class Trainer:
             total = sup["total"]
             parts = {f"{k}": float(v.detach()) for k, v in sup.items() if k != "total"}
         else:
-            weak = torch.cat([labeled, batch["unlabeled_image"]])
-            gen = torch.Generator().manual_seed(tcfg.seed * 1_000_003 + iteration)
-            strong = strong_view(
-                weak,
-                gen,
-                tcfg.strong_noise_std,
-                tcfg.strong_gamma,
-                tcfg.strong_blur_sigma,
-                tcfg.strong_bias_coeff,
-            )
+            weak, strong = batch["weak"], batch["strong"]
             with autocast:
                 out_a = models[0](strong.to(dev))  # A: strong view
                 out_b = models[1](weak.to(dev))  # B: weak view
