@@ -40,3 +40,30 @@ def test_cuda_index_out_of_range(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_unknown_names(name: str) -> None:
     with pytest.raises(ConfigError):
         resolve_device(name)
+
+
+def test_autocast_dtype_choices(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dkuxnet import device as dev
+
+    cpu = torch.device("cpu")
+    assert dev.autocast_dtype(cpu, "off") is None
+    assert dev.autocast_dtype(cpu, "bf16") is torch.bfloat16
+    with pytest.raises(ConfigError, match="fp16 mixed precision needs a GPU"):
+        dev.autocast_dtype(cpu, "fp16")
+    with pytest.raises(ConfigError, match="unknown precision"):
+        dev.autocast_dtype(cpu, "half")
+    # auto follows the detection, which the environment variable overrides
+    for forced, expected in (("1", torch.bfloat16), ("0", None)):
+        monkeypatch.setenv(dev.CPU_BF16_ENV, forced)
+        dev.cpu_has_native_bf16.cache_clear()
+        assert dev.autocast_dtype(cpu, "auto") is expected
+    dev.cpu_has_native_bf16.cache_clear()
+
+
+def test_old_boolean_amp_settings_still_load() -> None:
+    from dkuxnet.config import TrainConfig
+
+    cfg = TrainConfig.from_dict({"training": {"amp": True}, "inference": {"amp": False}})
+    assert cfg.training.amp == "auto" and cfg.inference.amp == "off"
+    with pytest.raises(ConfigError, match="training.amp"):
+        TrainConfig.from_dict({"training": {"amp": "fp8"}})

@@ -125,9 +125,10 @@ def _env() -> dict[str, str]:
 
 
 def test_resume_after_sigkill_is_exact(dataset: Path, tmp_path: Path) -> None:
-    """2k iterations straight == k, SIGKILL, resume to 2k (same weights, bit for bit)."""
+    """2k iterations straight == k, SIGKILL, resume to 2k (same weights, bit for bit), with
+    bf16 mixed precision forced (as ``auto`` picks on CPUs with native bf16)."""
     config = tmp_path / "cfg.json"
-    tiny_config(iterations=6).save(config)
+    tiny_config(iterations=6, amp="bf16").save(config)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(_train_cmd(dataset, straight, config), check=True, env=_env(), timeout=300)
     proc = subprocess.Popen(_train_cmd(dataset, killed, config), env=_env())
@@ -230,3 +231,50 @@ def test_fine_tune_from_init_keeps_the_init_model_settings(dataset: Path, tmp_pa
     assert tuned["train_config"].data.patch_size == cfg.data.patch_size
     assert tuned["train_config"].training.mode == "dual"  # the method, not the init's recipe
     assert len(tuned["networks"]) == 2
+
+
+def test_prefetching_does_not_change_the_run(dataset: Path, tmp_path: Path) -> None:
+    """Batches prepared in the worker thread are the batches prepared in line: same weights."""
+    runs = {}
+    for depth in (0, 2):
+        cfg = tiny_config(iterations=3, amp="off")
+        cfg = cfg.replace(data=cfg.data.replace(prefetch=depth))
+        Trainer(cfg, load_dataset(dataset), tmp_path / f"p{depth}", device="cpu").run()
+        runs[depth] = _weights(tmp_path / f"p{depth}" / "last.pt")
+    for a, b in zip(runs[0], runs[2], strict=True):
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+    iters = [e for e in read_events(tmp_path / "p2" / "events.jsonl") if e["event"] == "iteration"]
+    assert all(e["data_wait_s"] >= 0.0 for e in iters)
+    started = next(
+        e for e in read_events(tmp_path / "p2" / "events.jsonl") if e["event"] == "started"
+    )
+    assert started["precision"] == "float32"
+
+
+def test_bf16_training_keeps_losses_finite(dataset: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(iterations=4, amp="bf16")
+    Trainer(cfg, load_dataset(dataset), tmp_path / "run", device="cpu").run()
+    events = read_events(tmp_path / "run" / "events.jsonl")
+    assert next(e for e in events if e["event"] == "started")["precision"] == "bfloat16"
+    for e in (e for e in events if e["event"] == "iteration"):
+        assert all(torch.isfinite(torch.tensor(v)) for v in e["losses"].values())
+
+
+def test_stop_file_stops_after_the_current_iteration(dataset: Path, tmp_path: Path) -> None:
+    from dkuxnet.training.trainer import STOP_FILE
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / STOP_FILE).write_text("")  # a stale request from an earlier start is ignored...
+    trainer = Trainer(tiny_config(iterations=3), load_dataset(dataset), run, device="cpu")
+    original = trainer._step
+
+    def step_then_ask_to_stop(*args: object, **kwargs: object) -> dict[str, float]:
+        out = original(*args, **kwargs)  # type: ignore[arg-type]
+        (run / STOP_FILE).write_text("")  # ...a new one stops the run after this iteration
+        return out
+
+    trainer._step = step_then_ask_to_stop  # type: ignore[method-assign]
+    assert trainer.run() == "cancelled"
+    assert load_checkpoint(run / "last.pt")["iteration"] == 1

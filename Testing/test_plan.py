@@ -1,0 +1,110 @@
+"""The plan step: fingerprint -> spacing, patch, batch; and how ``dkuxnet train`` applies it."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from dkuxnet.cli import main as cli_main
+from dkuxnet.config import ModelConfig
+from dkuxnet.plan import (
+    MAX_BUDGET,
+    Fingerprint,
+    Machine,
+    fingerprint,
+    make_plan,
+    plan_patch,
+    this_machine,
+    voxel_budget,
+)
+from dkuxnet.synthetic import write_synthetic_dataset
+
+LA = Fingerprint(spacing=(0.625, 0.625, 0.625), shape=(88, 140, 183), cases=80)
+LITE = ModelConfig.preset("lite")
+
+
+def test_la_on_a_two_core_bf16_cpu_gives_the_bundled_recipe() -> None:
+    plan = make_plan(LA, Machine("cpu", 2, True), LITE)
+    assert plan.target_spacing == (1.25, 1.25, 1.25)
+    assert plan.patch_size == (32, 64, 80)
+    assert (plan.labeled_batch, plan.unlabeled_batch) == (2, 2)
+    assert any("1.25" in r for r in plan.reasons)
+
+
+def test_la_on_a_large_gpu_trains_at_full_resolution() -> None:
+    plan = make_plan(LA, Machine("cuda", 16, False, 80.0), LITE)
+    assert plan.target_spacing == (0.625, 0.625, 0.625)
+    assert math.prod(plan.patch_size) <= MAX_BUDGET
+
+
+@pytest.mark.parametrize(
+    "machine",
+    [Machine("cpu", 2, False), Machine("cpu", 2, True), Machine("cpu", 16, True),
+     Machine("cuda", 8, True, 6.0), Machine("cuda", 8, True, 80.0)],
+)  # fmt: skip
+@pytest.mark.parametrize("preset", ["lite", "paper"])
+def test_every_plan_fits_its_budget_and_the_network(machine: Machine, preset: str) -> None:
+    model = ModelConfig.preset(preset)
+    plan = make_plan(LA, machine, model)
+    assert all(p % model.total_stride == 0 and p > 0 for p in plan.patch_size)
+    assert math.prod(plan.patch_size) <= plan.budget_voxels == voxel_budget(machine, model)
+    assert all(t >= s for t, s in zip(plan.target_spacing, LA.spacing, strict=True))
+
+
+def test_budgets_order_as_the_machines() -> None:
+    slow, fast = Machine("cpu", 2, False), Machine("cpu", 2, True)
+    assert voxel_budget(slow, LITE) < voxel_budget(fast, LITE)
+    assert voxel_budget(fast, ModelConfig.preset("paper")) < voxel_budget(fast, LITE)
+    assert voxel_budget(Machine("cuda", 2, False, 80.0), LITE) == MAX_BUDGET
+
+
+def test_patch_shrinks_the_side_that_covers_most_of_its_axis() -> None:
+    # a thin slab image: z is covered fully first, x and y give way
+    assert plan_patch((16, 200, 200), 16 * 64 * 64, 16) == (16, 64, 64)
+    # an image smaller than the budget keeps its own (rounded-up) shape
+    assert plan_patch((20, 30, 40), 10**7, 16) == (32, 32, 48)
+
+
+def test_fingerprint_reads_the_dataset(tmp_path: Path) -> None:
+    write_synthetic_dataset(tmp_path, n_labeled=2, n_unlabeled=1, n_test=0, shape=(24, 40, 48))
+    images = sorted((tmp_path / "imagesTr").iterdir())
+    fp = fingerprint(images)
+    assert fp.cases == 3 and fp.shape == (24, 40, 48)
+    assert all(s > 0 for s in fp.spacing)
+
+
+def test_this_machine_on_cpu() -> None:
+    m = this_machine("cpu")
+    assert m.device == "cpu" and m.cpu_cores >= 1 and m.gpu_memory_gb is None
+
+
+def _train(tmp_path: Path, *extra: str) -> dict:
+    data = tmp_path / "data"
+    if not data.exists():
+        write_synthetic_dataset(data, n_labeled=2, n_unlabeled=1, n_test=0, shape=(24, 40, 48))
+    out = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
+    tiny = ["model.feature_sizes=[8,16,24,32]", "model.hidden_size=24", "model.num_queries=6",
+            "model.query_dim=16", "model.embed_dim=8", "model.kmax_heads=2",
+            "model.kmax_ffn_dim=16", "model.kernel_size=3", "training.iterations=1",
+            "training.val_every=1000"]  # fmt: skip
+    args = ["train", "--data", str(data), "--out", str(out), "--device", "cpu", "--quiet"]
+    for s in tiny:
+        args += ["--set", s]
+    assert cli_main(args + list(extra)) == 0
+    return json.loads((out / "config.json").read_text())
+
+
+@pytest.mark.slow
+def test_train_writes_the_plan_into_the_run_config_and_set_wins(tmp_path: Path) -> None:
+    planned = _train(tmp_path)
+    # the synthetic phantoms are small: the plan keeps their spacing, patch <= image
+    assert planned["data"]["patch_size"] == [32, 48, 48]
+    assert planned["data"]["target_spacing"] != []
+    chosen = _train(tmp_path, "--set", "data.patch_size=[16,32,32]")
+    assert chosen["data"]["patch_size"] == [16, 32, 32]  # the user's value wins
+    assert chosen["data"]["target_spacing"] == planned["data"]["target_spacing"]
+    preset = _train(tmp_path, "--no-plan")
+    assert preset["data"]["patch_size"] == [80, 112, 112] and preset["data"]["target_spacing"] == []
