@@ -108,3 +108,32 @@ def test_train_writes_the_plan_into_the_run_config_and_set_wins(tmp_path: Path) 
     assert chosen["data"]["target_spacing"] == planned["data"]["target_spacing"]
     preset = _train(tmp_path, "--no-plan")
     assert preset["data"]["patch_size"] == [80, 112, 112] and preset["data"]["target_spacing"] == []
+
+
+def test_format_duration() -> None:
+    from dkuxnet.commands.estimate import format_duration
+
+    assert format_duration(30) == "under a minute"
+    assert format_duration(14 * 60 + 10) == "about 14 min"
+    assert format_duration(80 * 60) == "about 1 h 20 min"
+
+
+@pytest.mark.slow
+def test_estimate_measures_the_recipe_of_a_fine_tune(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tiny import save_random_checkpoint, tiny_model_config
+
+    from dkuxnet.config import TrainConfig
+
+    cfg = TrainConfig(model=tiny_model_config())
+    cfg = cfg.replace(data=cfg.data.replace(patch_size=(16, 32, 32)))
+    model = save_random_checkpoint(tmp_path / "m.pt", cfg, networks=1)
+    code = cli_main(["estimate", "--init", str(model), "--iterations", "40", "--json",
+                     "--device", "cpu", "--repeats", "1"])  # fmt: skip
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["mode"] == "dual" and result["patch_size"] == [16, 32, 32]
+    assert result["s_per_iteration"] > 0
+    assert result["total_s"] == pytest.approx(40 * result["s_per_iteration"])
+    assert not list(tmp_path.glob("run*"))  # nothing written

@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, str] = {
     "synth": "synth",
     "la-import": "la_import",
     "train": "train",
+    "estimate": "estimate",
     "predict": "predict",
     "evaluate": "evaluate",
     "plot": "plot",

@@ -7,6 +7,7 @@ the same rendering works for a trainer in this process or in a child process.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import threading
 from collections.abc import Iterator
@@ -14,6 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from dkuxnet.events import EVENTS_FILE, EventReader
+
+#: Log records carrying ``extra={"rendered_event": ...}`` repeat what an event says; while a
+#: progress bar shows the events, they are held back (each line appears once).
+RENDERED_EVENT = "rendered_event"
+
+
+class _RenderedByBar(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not hasattr(record, RENDERED_EVENT)
 
 
 def render_event(bar: Any, event: dict[str, Any]) -> None:
@@ -33,7 +43,8 @@ def render_event(bar: Any, event: dict[str, Any]) -> None:
     elif kind == "validation":
         bar.write(
             f"iteration {event['iteration']}: validation mean Dice {event['mean_dice']:.4f}"
-            + (" (best)" if event.get("best") else "")
+            + (" (best)" if event.get("best") else ""),
+            file=sys.stderr,  # beside the bar (tqdm.write defaults to stdout)
         )
 
 
@@ -48,13 +59,24 @@ def follow_training(run_dir: Path, enabled: bool = True) -> Iterator[None]:
     reader = EventReader(run_dir / EVENTS_FILE)
     reader.poll()  # skip events of earlier sessions of a resumed run
     stop = threading.Event()
-    bar = tqdm(total=0, unit="it", dynamic_ncols=True, file=sys.stderr)
+    bars: list[Any] = []  # made at the first "started" event, so no empty bar shows before
+
+    def render(events: list[dict[str, Any]]) -> None:
+        for event in events:
+            if not bars:
+                if event.get("event") != "started":
+                    continue
+                total = int(event.get("total") or 0)
+                bars.append(tqdm(total=total, unit="it", dynamic_ncols=True, file=sys.stderr))
+            render_event(bars[0], event)
 
     def pump() -> None:
         while not stop.wait(0.5):
-            for event in reader.poll():
-                render_event(bar, event)
+            render(reader.poll())
 
+    held_back = _RenderedByBar()
+    trainer_log = logging.getLogger("dkuxnet.training.trainer")
+    trainer_log.addFilter(held_back)
     thread = threading.Thread(target=pump, daemon=True)
     thread.start()
     try:
@@ -62,6 +84,7 @@ def follow_training(run_dir: Path, enabled: bool = True) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
-        for event in reader.poll():
-            render_event(bar, event)
-        bar.close()
+        render(reader.poll())
+        trainer_log.removeFilter(held_back)
+        if bars:
+            bars[0].close()

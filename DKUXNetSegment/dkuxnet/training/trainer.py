@@ -294,15 +294,7 @@ class Trainer:
         networks = self._build_networks()
         for net in networks:
             net.to(self.device)  # keeps the channels-last layout build_model chose
-        params = [p for net in networks for p in net.parameters()]
-        if tcfg.optimizer == "adamw":
-            optimizer: torch.optim.Optimizer = torch.optim.AdamW(
-                params, lr=tcfg.lr, weight_decay=tcfg.weight_decay
-            )
-        else:
-            optimizer = torch.optim.SGD(
-                params, lr=tcfg.lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay
-            )
+        optimizer = self._optimizer(networks)
         total = tcfg.iterations
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda it: lr_factor(it, total, tcfg.schedule, tcfg.warmup_iterations)
@@ -370,6 +362,56 @@ class Trainer:
         finally:
             prefetch.close()
         return status
+
+    def _optimizer(self, networks: Sequence[nn.Module]) -> torch.optim.Optimizer:
+        tcfg = self.config.training
+        params = [p for net in networks for p in net.parameters()]
+        if tcfg.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=tcfg.lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay
+        )
+
+    def time_iterations(self, repeats: int = 2) -> float:
+        """Median wall-clock seconds of one training iteration of this recipe on this machine.
+
+        Runs ``repeats + 1`` real iterations (the first is a warm-up and not counted) on random
+        patches of the configured size and batch, with the networks, optimizer and precision a
+        run would use; nothing is written. What the Fine-tune estimate is made from.
+        """
+        import statistics
+
+        cfg, tcfg = self.config, self.config.training
+        networks = self._build_networks()
+        for net in networks:
+            net.to(self.device)
+        optimizer = self._optimizer(networks)
+        amp_dtype = autocast_dtype(self.device, str(tcfg.amp))
+        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        gen = torch.Generator().manual_seed(0)
+        shape = (1, *cfg.data.patch_size)
+        n_lab, n_unl = cfg.data.labeled_batch, cfg.data.unlabeled_batch if self.dual else 0
+        times = []
+        for it in range(repeats + 1):
+            labels = (torch.rand(n_lab, *shape, generator=gen) > 0.8).long()
+            batch = {
+                "labeled_image": torch.randn(n_lab, *shape, generator=gen),
+                "labeled_label": labels,
+                "unlabeled_image": torch.randn(n_unl, *shape, generator=gen),
+            }
+            if self.dual:
+                weak = torch.cat([batch["labeled_image"], batch["unlabeled_image"]])
+                batch["weak"] = weak
+                batch["strong"] = strong_view(weak, gen)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            start = time.perf_counter()
+            self._step(networks, optimizer, scaler, batch, it, amp_dtype)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            if it > 0:
+                times.append(time.perf_counter() - start)
+        return float(statistics.median(times))
 
     def _prepare_batch(self, sampler: TwoStreamSampler, iteration: int) -> dict[str, torch.Tensor]:
         """The patches of ``iteration`` and, in dual mode, network A's strong view of them
@@ -549,7 +591,12 @@ class Trainer:
         for net in networks:
             net.train()
         mean = float(np.mean(list(dice.values()))) if dice else math.nan
-        log.info("iteration %d: validation mean Dice %.4f", iteration, mean)
+        log.info(
+            "iteration %d: validation mean Dice %.4f",
+            iteration,
+            mean,
+            extra={"rendered_event": "validation"},  # a progress bar shows it instead
+        )
         return {"dice": dice, "mean_dice": mean}
 
     def _save(

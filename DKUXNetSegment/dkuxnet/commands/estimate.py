@@ -1,0 +1,86 @@
+"""``dkuxnet estimate``: how long a training run will take on this machine, measured.
+
+Runs a few real training iterations of the recipe ``dkuxnet train`` would use (same preset or
+``--init`` model, same plan, same ``--set`` overrides) on random patches, and prints the
+seconds per iteration and the expected duration. The Fine-tune panel runs it (``--json``)
+before training starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dkuxnet.errors import ConfigError
+
+HELP = "measure seconds per training iteration on this machine and estimate a run's duration"
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="dataset to plan spacing/patch for, as `train` would")
+    p.add_argument("--init", help="fine-tune this checkpoint (its patch and network)")
+    p.add_argument("--preset", choices=("lite", "paper"), help="model preset (default lite)")
+    p.add_argument("--config", help="JSON file with a full or partial TrainConfig")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--iterations", type=int, default=None, help="iterations to estimate for")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--repeats", type=int, default=2, help="timed iterations after a warm-up")
+    p.add_argument("--json", action="store_true", help="print one JSON line (for front ends)")
+
+
+def format_duration(seconds: float) -> str:
+    """``"about 14 min"``, ``"about 1 h 20 min"``, ``"under a minute"``."""
+    if seconds < 60:
+        return "under a minute"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"about {minutes} min"
+    return f"about {minutes // 60} h {minutes % 60:02d} min"
+
+
+def run(args: argparse.Namespace) -> int:
+    from dkuxnet.commands.train import apply_plan, build_config
+    from dkuxnet.data import DatasetSplit, load_dataset
+    from dkuxnet.device import autocast_dtype, resolve_device
+    from dkuxnet.training import Trainer
+
+    if args.repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
+    args.resume, args.no_plan = False, args.data is None
+    config = build_config(args)
+    if args.data:
+        config = apply_plan(config, args, load_dataset(args.data))
+    device = resolve_device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(config, DatasetSplit(), Path(tmp) / "run", device=str(device),
+                          init=args.init)  # fmt: skip
+        seconds = trainer.time_iterations(args.repeats)
+    iterations = config.training.iterations
+    dtype = autocast_dtype(device, str(config.training.amp))
+    result: dict[str, Any] = {
+        "s_per_iteration": seconds,
+        "iterations": iterations,
+        "total_s": seconds * iterations,
+        "device": str(device),
+        "precision": str(dtype).removeprefix("torch.") if dtype else "float32",
+        "mode": config.training.mode,
+        "patch_size": list(config.data.patch_size),
+        "batch": [config.data.labeled_batch, config.data.unlabeled_batch],
+    }
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    patch = "x".join(map(str, config.data.patch_size))
+    print(
+        f"{config.training.mode}, patch {patch}, batch {config.data.labeled_batch}"
+        f"+{config.data.unlabeled_batch if config.training.mode == 'dual' else 0}, "
+        f"{result['precision']} on {device}: {seconds:.2f} s per iteration (median of "
+        f"{args.repeats} after a warm-up); {iterations} iterations: "
+        f"{format_duration(seconds * iterations)} (validation adds a little)"
+    )
+    return 0
