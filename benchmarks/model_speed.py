@@ -1,11 +1,15 @@
 """Forward and forward+backward speed and peak memory of the networks, side by side.
 
     python benchmarks/model_speed.py [--device auto|cpu|cuda] [--repeats 3] [--size 80 112 112]
-                                     [--models lite paper unet swinunetr] [--batch N] [--no-amp]
+                                     [--models lite paper unet swinunetr] [--batch N]
+                                     [--precision auto|off|bf16|fp16]
 
 Each model runs in a fresh subprocess so that the peak resident memory (``ru_maxrss``) belongs
-to that model alone. On CPU the batch is 1 in fp32; on a GPU it is 4 with AMP (fp16 autocast)
-and the peak is ``torch.cuda.max_memory_allocated``. ``--size`` is array order (D, H, W) =
+to that model alone. On CPU the batch is 1; on a GPU it is 4. ``--precision`` is the autocast
+setting every model runs under (``auto``: bf16 on a CPU with native bf16, fp16 on a GPU, else
+fp32; ``off``: fp32), and the peak is ``torch.cuda.max_memory_allocated`` on a GPU. MONAI's
+``UNet`` always runs too: every figure is also given as a ratio to it, measured in the same
+run (the only comparison that survives a shared or different machine). ``--size`` is array order (D, H, W) =
 (z, y, x): the LA patch 112 x 112 x 80 (x, y, z) is ``80 112 112``. SwinUNETR needs sides
 divisible by 32, so it runs at the size rounded up to that (shown in the table).
 
@@ -71,9 +75,12 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     from dkuxnet.device import resolve_device
 
     device = resolve_device(args.device)
+    from dkuxnet.device import autocast_dtype
+
     cuda = device.type == "cuda"
     batch = args.batch or (4 if cuda else 1)
-    amp = cuda and not args.no_amp
+    dtype = autocast_dtype(device, args.precision)
+    amp = dtype is not None
     torch.manual_seed(0)
     net, size = _build(args.worker, tuple(args.size))
     net = net.to(device)
@@ -85,12 +92,12 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             torch.cuda.synchronize(device)
 
     def forward() -> None:
-        with torch.no_grad(), torch.autocast(device.type, enabled=amp):
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=amp):
             net(x)
 
     def forward_backward() -> None:
         net.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, enabled=amp):
+        with torch.autocast(device.type, dtype=dtype, enabled=amp):
             loss = _loss(net(x))
         loss.backward()
 
@@ -99,7 +106,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         "params_M": params,
         "size": "x".join(str(s) for s in size),
         "batch": batch,
-        "amp": amp,
+        "amp": str(dtype).removeprefix("torch.") if amp else "fp32",
     }
     for phase, fn, train in (("fwd", forward, False), ("fwd_bwd", forward_backward, True)):
         net.train(train)
@@ -128,15 +135,19 @@ def _run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd += ["--repeats", str(args.repeats), "--size", *map(str, args.size)]
     if args.batch:
         cmd += ["--batch", str(args.batch)]
-    if args.no_amp:
-        cmd.append("--no-amp")
+    cmd += ["--precision", args.precision]
     result = run_worker(cmd)
     return {"model": name, "error": result} if isinstance(result, str) else result
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    header = ["model", "params (M)", "input DxHxW", "batch", "AMP", "fwd (s)", "fwd peak (MB)"]
-    header += ["fwd+bwd (s)", "fwd+bwd peak (MB)"]
+    ref = next((r for r in rows if r.get("model") == "unet" and "error" not in r), None)
+
+    def ratio(r: dict[str, Any], key: str) -> str:
+        return f"{r[key] / ref[key]:.1f}x" if ref else "-"
+
+    header = ["model", "params (M)", "input DxHxW", "batch", "precision", "fwd (s)", "fwd / UNet"]
+    header += ["fwd+bwd (s)", "fwd+bwd / UNet", "fwd+bwd peak (MB)", "peak / UNet"]
     lines = [header]
     for r in rows:
         if "error" in r:
@@ -148,11 +159,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 f"{r['params_M']:.2f}",
                 r["size"],
                 str(r["batch"]),
-                "yes" if r["amp"] else "no",
+                r["amp"],
                 f"{r['fwd_s']:.3f}",
-                f"{r['fwd_peak_mb']:.0f}",
+                ratio(r, "fwd_s"),
                 f"{r['fwd_bwd_s']:.3f}",
+                ratio(r, "fwd_bwd_s"),
                 f"{r['fwd_bwd_peak_mb']:.0f}",
+                ratio(r, "fwd_bwd_peak_mb"),
             ]
         )
     return render(lines)
@@ -167,14 +180,20 @@ def main() -> int:
     )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--batch", type=int, default=0, help="0 = 1 on CPU, 4 on GPU")
-    parser.add_argument("--no-amp", action="store_true", help="fp32 on GPU too")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "off", "bf16", "fp16"),
+        help="autocast for every model (auto: bf16 on a CPU with native bf16, fp16 on a GPU)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))
         return 0
     rows = []
-    for name in args.models:
+    models = list(args.models) + ([] if "unet" in args.models else ["unet"])  # the reference
+    for name in models:
         print(f"... {name}", file=sys.stderr, flush=True)
         rows.append(_run_one(name, args))
     device = next((r["device"] for r in rows if "device" in r), args.device)

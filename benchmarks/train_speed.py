@@ -4,11 +4,18 @@
                                      [--iterations 3] [--patch 80 112 112]
 
 Runs ``Trainer`` for a few iterations on synthetic phantoms (written to a temporary folder)
-and reports the median seconds per iteration (first iteration excluded as warm-up) and the peak
-memory: resident memory on CPU, ``torch.cuda.max_memory_allocated`` on a GPU (with AMP).
-Batch as METHOD.md: 2 labeled + 2 unlabeled patches, both networks (``dual``); the ``paper``
-preset on CPU runs one network on one patch (``supervised``, batch 1): it needs ~14 GB.
-Each configuration runs in a fresh subprocess so its peak memory is its own.
+and reports the median seconds per iteration (first iteration excluded as warm-up), the share
+of it the network waited for data (``data_wait_s`` of the events: batches are prepared ahead
+in a worker thread), and the peak memory: resident memory on CPU,
+``torch.cuda.max_memory_allocated`` on a GPU. Precision is the trainer's ``training.amp=auto``
+(bf16 on a CPU with native bf16, fp16 on a GPU). Batch as METHOD.md: 2 labeled + 2 unlabeled
+patches, both networks (``dual``); the ``paper`` preset on CPU runs one network on one patch
+(``supervised``, batch 1). Each configuration runs in a fresh subprocess so its peak memory is
+its own.
+
+The reference, measured in the same run: one training step of MONAI's ``UNet`` (16-256
+channels, 2 residual units) with DiceCE and AdamW on the same four patches, same precision
+(``unet`` row); every figure is also given as a ratio to it.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from _common import peak_rss_mb
+from _common import peak_rss_mb, render
 
 
 def worker(
@@ -63,9 +70,12 @@ def worker(
         # validation at the last iteration is part of the run; times come from the events
         Trainer(cfg, data, Path(tmp) / "run", device=str(dev)).run()
         events = read_events(Path(tmp) / "run" / "events.jsonl")
-    times = [1.0 / e["it_per_s"] for e in events if e["event"] == "iteration"][1:]
+    iters = [e for e in events if e["event"] == "iteration"][1:]
+    times = [1.0 / e["it_per_s"] for e in iters]
+    waits = [e.get("data_wait_s", 0.0) for e in iters]
     peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else peak_rss_mb()
     return {
+        "data_wait_share": sum(waits) / sum(times) if times else float("nan"),
         "preset": preset,
         "device": str(dev),
         "mode": cfg.training.mode,
@@ -73,6 +83,49 @@ def worker(
         "patch": "x".join(map(str, patch)),
         "s_per_it": statistics.median(times) if times else float("nan"),
         "peak_mb": peak,
+    }
+
+
+def unet_worker(device: str, iterations: int, patch: tuple[int, int, int]) -> dict[str, Any]:
+    """One MONAI UNet training step (DiceCE, AdamW) on 4 patches: the reference row."""
+    import statistics
+    import time
+
+    import torch
+    from monai.losses import DiceCELoss
+    from monai.networks.nets import UNet
+
+    from dkuxnet.device import autocast_dtype, resolve_device
+
+    dev = resolve_device(device)
+    dtype = autocast_dtype(dev, "auto")
+    torch.manual_seed(0)
+    net = UNet(3, 1, 2, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2).to(dev)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    x = torch.randn(4, 1, *patch, device=dev)
+    y = (torch.rand(4, 1, *patch, device=dev) > 0.8).long()
+    times = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+            out = net(x)
+        loss_fn(out.float(), y).backward()
+        optimizer.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else peak_rss_mb()
+    return {
+        "preset": "unet",
+        "device": str(dev),
+        "mode": "supervised",
+        "batch": "4",
+        "patch": "x".join(map(str, patch)),
+        "s_per_it": statistics.median(times[1:]) if len(times) > 1 else float("nan"),
+        "peak_mb": peak,
+        "data_wait_share": float("nan"),
     }
 
 
@@ -87,22 +140,32 @@ def main() -> int:
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.device, args.iterations, tuple(args.patch))))
+        patch = tuple(args.patch)
+        if args.worker == "unet":
+            print(json.dumps(unet_worker(args.device, args.iterations, patch)))
+        else:
+            print(json.dumps(worker(args.worker, args.device, args.iterations, patch)))
         return 0
     rows = []
-    for preset in args.presets:
+    for preset in [*args.presets, "unet"]:
         cmd = [sys.executable, __file__, "--worker", preset, "--device", args.device]
         cmd += ["--iterations", str(args.iterations), "--patch", *map(str, args.patch)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(
-        f"{'preset':8s} {'device':6s} {'mode':10s} {'batch':6s} {'patch':12s} {'s/it':>8s} {'peak MB':>9s}"
-    )
+    ref = rows[-1]
+    lines = [["network", "device", "mode", "batch", "patch", "s/it", "s/it / UNet",
+              "data wait", "peak MB", "peak / UNet"]]  # fmt: skip
     for r in rows:
-        print(
-            f"{r['preset']:8s} {r['device']:6s} {r['mode']:10s} {r['batch']:6s} {r['patch']:12s} "
-            f"{r['s_per_it']:8.2f} {r['peak_mb']:9.0f}"
-        )
+        wait = r["data_wait_share"]
+        lines.append(
+            [
+                r["preset"], r["device"], r["mode"], r["batch"], r["patch"],
+                f"{r['s_per_it']:.2f}", f"{r['s_per_it'] / ref['s_per_it']:.1f}x",
+                "-" if wait != wait else f"{100 * wait:.0f}%",
+                f"{r['peak_mb']:.0f}", f"{r['peak_mb'] / ref['peak_mb']:.1f}x",
+            ]
+        )  # fmt: skip
+    print(render(lines))
     return 0
 
 
