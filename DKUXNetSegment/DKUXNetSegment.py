@@ -44,6 +44,7 @@ if SUPPORTED:  # on an older Slicer the panel shows unsupported_reason() instead
         DKUXNetLogic,
         LabeledPair,
         Parameters,
+        fine_tune_model_and_device,
         format_duration,
         missing_packages,
         resolve_model,
@@ -70,7 +71,8 @@ class DKUXNetSegment(ScriptedLoadableModule):
             "<b>Segment</b>: pick a volume and click Segment; the result is a new segmentation "
             "unless you choose one to replace.<br>"
             "<b>Fine-tune</b>: add volumes with their left-atrium segment, optionally unlabeled "
-            "volumes, and start; the new model is then used by Segment.<br>"
+            "volumes, and start; the new model is then used by Segment. Estimate time first "
+            "shows how long the chosen iterations take on this computer.<br>"
             f"Needs 3D Slicer {MINIMUM_SLICER} or newer."
         )
         self.parent.acknowledgementText = (
@@ -91,6 +93,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingGUI = False
         self._segmentTask = None  # SegmentTask
         self._fineTuneTask = None  # FineTuneTask
+        self._estimateTask = None  # EstimateTask
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -130,6 +133,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.removePairButton.clicked.connect(self.onRemovePair)
         self.ui.addUnlabeledButton.clicked.connect(self.onAddUnlabeled)
         self.ui.removeUnlabeledButton.clicked.connect(self.onRemoveUnlabeled)
+        self.ui.estimateTimeButton.clicked.connect(self.onEstimateTime)
         self.ui.fineTuneStartButton.clicked.connect(self.onFineTuneStart)
         self.ui.fineTuneCancelButton.clicked.connect(self.onFineTuneCancel)
         self.ui.fineTuneResumeButton.clicked.connect(self.onFineTuneResume)
@@ -145,8 +149,8 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic is None:
             return
         self.timer.stop()
-        for task in (self._segmentTask, self._fineTuneTask):
-            if task is not None and not task.state.is_final:
+        for task in self._tasks():
+            if _running(task):
                 task.job.cancel(grace_s=5.0, wait=True)
         self.removeObservers()
 
@@ -215,6 +219,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.unlabeledListWidget.clear()
             for node in params.unlabeled_volumes:
                 self.ui.unlabeledListWidget.addItem(node.GetName())
+            self._showEstimate()
             self._updateButtons()
         finally:
             self._updatingGUI = False
@@ -263,10 +268,11 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _updateButtons(self):
         params = Parameters(self._parameterNode)
-        segmenting = self._segmentTask is not None and not self._segmentTask.state.is_final
-        training = self._fineTuneTask is not None and not self._fineTuneTask.state.is_final
+        segmenting = _running(self._segmentTask)
+        training = _running(self._fineTuneTask)
         self.ui.segmentButton.enabled = params.input_volume is not None and not segmenting
         self.ui.segmentCancelButton.enabled = segmenting
+        self.ui.estimateTimeButton.enabled = not training and not _running(self._estimateTask)
         self.ui.fineTuneStartButton.enabled = bool(params.labeled_pairs) and not training
         self.ui.fineTuneCancelButton.enabled = training
         self.ui.fineTuneResumeButton.enabled = not training and self.logic.canResume(
@@ -350,23 +356,37 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._segmentTask is not None:
             self._segmentTask.cancel()
 
+    def onEstimateTime(self):
+        if not self.logic.ensureDependencies():
+            return
+        params = Parameters(self._parameterNode)
+
+        def start():
+            initModel, device = fine_tune_model_and_device(params)
+            return self.logic.estimateTime(initModel, params.iterations, device)
+
+        task = self._startShowingErrors("Could not estimate the fine-tuning time.", start)
+        if task is not None:
+            self._estimateTask = task
+            self.ui.estimateTimeLabel.text = task.status  # "measuring…"
+            self.timer.start()
+            self._updateButtons()
+
+    def _showEstimate(self):
+        """The expected Fine-tune time for the current choices, from the last measurement."""
+        if _running(self._estimateTask):
+            return  # the label says "measuring…" until it ends
+        self.ui.estimateTimeLabel.text = self.logic.estimateText(Parameters(self._parameterNode))
+
     def onFineTuneStart(self):
         if not self.logic.ensureDependencies():
             return
         params = Parameters(self._parameterNode)
 
         def start():
-            initModel = (
-                resolve_model(params.model_source, params.model_path)
-                if params.start_from_current_model
-                else None
-            )
+            initModel, device = fine_tune_model_and_device(params)
             return self.logic.fineTune(
-                params.labeled_pairs,
-                params.unlabeled_volumes,
-                params.iterations,
-                initModel,
-                params.device,
+                params.labeled_pairs, params.unlabeled_volumes, params.iterations, initModel, device
             )
 
         self._startedFineTune(self._startShowingErrors("Could not start fine-tuning.", start))
@@ -386,6 +406,8 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if task is None:  # it did not start; the error was shown
             return
         self._fineTuneTask = task
+        if _running(self._estimateTask):  # it would slow training down and measure nothing useful
+            self._estimateTask.cancel()
         Parameters(self._parameterNode).fine_tune_folder = str(task.job.folder)
         self.ui.fineTuneProgressBar.value = 0
         self.showPlot()
@@ -408,23 +430,33 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # polling
     def onTimer(self):
         segmentTask, fineTuneTask = self._segmentTask, self._fineTuneTask
-        if segmentTask is not None and not segmentTask.state.is_final:
+        if _running(segmentTask):
             self._pollTask(segmentTask, self.ui.segmentProgressBar, self.ui.segmentStatusLabel)
             if segmentTask.state is JobState.COMPLETED:
                 slicer.util.setSliceViewerLayers(
                     background=segmentTask.scene.GetNodeByID(segmentTask.volume_node_id)
                 )
                 slicer.util.resetThreeDViews()  # centre the 3D view on the new result
-        if fineTuneTask is not None and not fineTuneTask.state.is_final:
+        if _running(fineTuneTask):
             self._pollTask(fineTuneTask, self.ui.fineTuneProgressBar, self.ui.fineTuneStatusLabel)
             if fineTuneTask.state is JobState.COMPLETED:
                 self.logic.adoptModel(fineTuneTask, Parameters(self._parameterNode))
                 slicer.util.infoDisplay(
                     f"Fine-tuning finished. Segment now uses:\n{fineTuneTask.model_path}"
                 )
-        if all(t is None or t.state.is_final for t in (self._segmentTask, self._fineTuneTask)):
+        estimateTask = self._estimateTask
+        if _running(estimateTask):
+            estimateTask.poll()
+            if estimateTask.state is JobState.FAILED:
+                self.ui.estimateTimeLabel.text = f"Could not measure: {estimateTask.error}"
+            elif estimateTask.state.is_final:
+                self._showEstimate()
+        if not any(_running(t) for t in self._tasks()):
             self.timer.stop()
         self._updateButtons()
+
+    def _tasks(self):
+        return (self._segmentTask, self._fineTuneTask, self._estimateTask)
 
     def _pollTask(self, task, progressBar, statusLabel):
         task.poll()
@@ -436,6 +468,10 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         statusLabel.text = text
         if task.state is JobState.FAILED:
             slicer.util.errorDisplay("The background job failed.", detailedText=task.error or "")
+
+
+def _running(task):
+    return task is not None and not task.state.is_final
 
 
 # ---------------------------------------------------------------------------------- logic
@@ -464,6 +500,13 @@ class DKUXNetSegmentLogic(ScriptedLoadableModuleLogic):
 
     def fineTune(self, pairs, unlabeled, iterations, initModel=None, device="auto"):
         return self.logic.start_fine_tune(pairs, unlabeled, iterations, initModel, device)
+
+    def estimateTime(self, initModel, iterations, device="auto"):
+        return self.logic.start_estimate(initModel, iterations, device)
+
+    def estimateText(self, parameters):
+        """The expected Fine-tune time from the last measurement; "" when not measured."""
+        return self.logic.estimate_text(parameters)
 
     def resumeFineTune(self, folder, plots=None):
         return self.logic.resume_fine_tune(folder, plots)

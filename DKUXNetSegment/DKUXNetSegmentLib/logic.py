@@ -9,6 +9,10 @@ Flow of a task:
 * **Segment**: the chosen volume is exported to ``JOB/input.nrrd``; ``dkuxnet predict`` writes
   ``JOB/prediction.nrrd`` and progress events; when it ends well the label is imported as a new
   segmentation (or into the one the user chose to replace) by :mod:`slicer_bridge`.
+* **Estimate time**: ``dkuxnet estimate`` times a few real iterations of the training recipe
+  Fine-tune would run (same start model, device and settings) and prints one JSON line; the
+  seconds per iteration are kept per (model, device), so a new iteration count needs no new
+  measurement.
 * **Fine-tune**: every labeled pair (volume + segmentation + segment) and unlabeled volume is
   exported under ``JOB/data/`` with a MONAI-style ``JOB/datalist.json``; ``dkuxnet train``
   writes ``JOB/run/`` (events, ``best.pt``, ``last.pt``). Iteration and validation events are
@@ -34,6 +38,7 @@ from typing import Any
 import slicer
 import vtk
 
+from dkuxnet.commands.estimate import format_duration as approximate_duration
 from dkuxnet.errors import InputError
 from dkuxnet.events import EVENTS_FILE, read_events
 from dkuxnet.io import read_volume, write_volume
@@ -60,6 +65,11 @@ PREDICT_STAGES: dict[str, tuple[float, float]] = {
     "predicting": (0.05, 0.95),
     "writing": (0.95, 1.0),
 }
+# Fine-tune length unless the user changes it. The bundled model's recipe (dual mode, its patch
+# and spacing, bf16) takes about 3.4 s per iteration on a 2-core CPU (measured with `dkuxnet
+# estimate`), so 250 iterations fit about 14 minutes there; Estimate time measures the user's
+# own machine. Also the value of iterationsSpinBox in Resources/UI/DKUXNetSegment.ui.
+DEFAULT_FINE_TUNE_ITERATIONS = 250
 CANCEL_GRACE_S = 30.0
 # Prediction has nothing to save; where the polite signal cannot arrive (Windows), Cancel
 # should not make the user wait long for the kill.
@@ -101,6 +111,23 @@ def resolve_model(source: str, path: str | Path | None = None) -> Path:
     if not path.is_file():
         raise InputError(f"model file not found: {path}")
     return path
+
+
+def fine_tune_model_and_device(params: Parameters) -> tuple[Path | None, str]:
+    """The checkpoint Fine-tune starts from (``None``: a new model) and its device.
+
+    Start fine-tuning and Estimate time both take them from here, so the estimate measures the
+    run that Start would begin.
+
+    Raises:
+        InputError: when the current model choice does not lead to a file.
+    """
+    init_model = (
+        resolve_model(params.model_source, params.model_path)
+        if params.start_from_current_model
+        else None
+    )
+    return init_model, params.device
 
 
 def format_duration(seconds: float | None) -> str:
@@ -177,7 +204,7 @@ class Parameters:
 
     @property
     def iterations(self) -> int:
-        return int(self._get("Iterations", "1000"))
+        return int(self._get("Iterations", str(DEFAULT_FINE_TUNE_ITERATIONS)))
 
     @iterations.setter
     def iterations(self, value: int) -> None:
@@ -483,6 +510,91 @@ class FineTuneTask(Task):
             self.status += f", best validation Dice {self.best_dice:.3f}"
 
 
+@dataclasses.dataclass(frozen=True)
+class TimeEstimate:
+    """Seconds per Fine-tune iteration, measured on this machine by ``dkuxnet estimate``.
+
+    The duration of any iteration count follows from it without measuring again.
+    """
+
+    s_per_iteration: float
+    device: str
+    precision: str
+
+    @classmethod
+    def from_output(cls, text: str) -> TimeEstimate:
+        """Read the last JSON line that ``dkuxnet estimate --json`` printed (log lines aside)."""
+        for line in reversed(text.splitlines()):
+            if not line.startswith("{"):
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            seconds = record.get("s_per_iteration") if isinstance(record, dict) else None
+            if isinstance(seconds, int | float) and math.isfinite(seconds) and seconds > 0:
+                device, precision = record.get("device", "?"), record.get("precision", "?")
+                return cls(float(seconds), str(device), str(precision))
+        raise InputError("the time estimate printed no seconds per iteration")
+
+    def total_s(self, iterations: int) -> float:
+        return self.s_per_iteration * iterations
+
+    def describe(self, iterations: int) -> str:
+        """The panel's line, e.g. ``Expected: about 14 min for 250 iterations (3.4 s per
+        iteration, measured on this machine, cpu, bfloat16)``."""
+        s = self.s_per_iteration
+        per_iteration = f"{s:.1f}" if s >= 1 else f"{s:.2f}"
+        return (
+            f"Expected: {approximate_duration(self.total_s(iterations))} for {iterations} "
+            f"iterations ({per_iteration} s per iteration, measured on this machine, "
+            f"{self.device}, {self.precision})"
+        )
+
+
+class EstimateTask(Task):
+    """``dkuxnet estimate``: a few timed training iterations; :attr:`result` once it ends well.
+
+    Args:
+        job: the started job.
+        iterations: the iteration count the user chose (for :attr:`status`).
+        on_result: called with the measurement (the logic keeps it per model and device).
+    """
+
+    def __init__(
+        self, job: Job, iterations: int, on_result: Callable[[TimeEstimate], None]
+    ) -> None:
+        super().__init__(job)
+        self.iterations = iterations
+        self.result: TimeEstimate | None = None
+        self.status = "measuring…"
+        self._on_result = on_result
+
+    def cancel(self, grace_s: float = PREDICT_CANCEL_GRACE_S) -> None:
+        super().cancel(grace_s)  # nothing to save
+
+    def _on_end(self) -> None:
+        super()._on_end()
+        if self.job.state is JobState.FAILED:  # the child's own one-line error, if it gave one
+            self.error = _command_error(self.job.log_tail()) or self.error
+
+    def _on_success(self) -> None:
+        text = self.job.log_path.read_text(encoding="utf-8", errors="replace")
+        self.result = TimeEstimate.from_output(text)
+        self._on_result(self.result)
+        super()._on_success()
+        self.status = self.result.describe(self.iterations)
+        shutil.rmtree(self.job.folder, ignore_errors=True)
+
+
+def _command_error(log_text: str) -> str | None:
+    """The message of the last ``dkuxnet CMD: error: MESSAGE`` line (see ``dkuxnet.cli``)."""
+    for line in reversed(log_text.splitlines()):
+        if line.startswith("dkuxnet ") and ": error: " in line:
+            return line.split(": error: ", 1)[1]
+    return None
+
+
 # ---------------------------------------------------------------------------------- plots
 class TrainingPlots:
     """Table and plot chart nodes with the loss curves and validation Dice of one run."""
@@ -611,6 +723,8 @@ class DKUXNetLogic:
         self.command_factory: CommandFactory = command_factory or (
             lambda args: dkuxnet_command(args, python_executable)
         )
+        # the last measurement per (model, device, settings): see cached_estimate()
+        self._estimates: dict[tuple[str, str, tuple[str, ...]], TimeEstimate] = {}
 
     # Segment
     def start_segment(
@@ -644,7 +758,7 @@ class DKUXNetLogic:
         self,
         pairs: Sequence[LabeledPair],
         unlabeled: Sequence[slicer.vtkMRMLVolumeNode] = (),
-        iterations: int = 1000,
+        iterations: int = DEFAULT_FINE_TUNE_ITERATIONS,
         init_model: str | Path | None = None,
         device: str = "auto",
         extra_settings: Sequence[str] = (),
@@ -659,23 +773,61 @@ class DKUXNetLogic:
             device: ``auto``, ``cpu`` or ``cuda``.
             extra_settings: ``section.key=value`` overrides passed as ``--set``.
         """
-        _check_device(device)
+        recipe = _recipe_args(iterations, init_model, device, extra_settings)
         if not pairs:
             raise InputError("add at least one labeled volume (volume + segmentation + segment)")
-        if iterations < 1:
-            raise InputError("iterations must be at least 1")
         folder = _new_job_folder(self.runs_dir, "finetune")
         export_datalist(folder, pairs, unlabeled)
         args = ["train", "--data", str(folder / "datalist.json"), "--out", str(folder / "run")]
-        args += ["--iterations", str(iterations), "--device", device, "--quiet"]
-        if init_model:
-            args += ["--init", str(init_model)]
-        for setting in extra_settings:
-            args += ["--set", setting]
+        args += [*recipe, "--quiet"]
         config = {"task": "fine-tune", "iterations": iterations, "device": device}
         config["init_model"] = str(init_model) if init_model else None
         (folder / "finetune.json").write_text(json.dumps({"args": args[1:], **config}, indent=2))
         return self._start_training(folder, args, config, resume=False)
+
+    # Estimate time
+    def start_estimate(
+        self,
+        init_model: str | Path | None,
+        iterations: int = DEFAULT_FINE_TUNE_ITERATIONS,
+        device: str = "auto",
+        extra_settings: Sequence[str] = (),
+    ) -> EstimateTask:
+        """Start ``dkuxnet estimate`` for the run :meth:`start_fine_tune` would start.
+
+        Same arguments, so the same recipe is timed: the start model's patch and spacing (a
+        new model: the preset's, as the data's plan is not known yet), dual mode, the device
+        and the ``--set`` overrides. Takes 10-60 s on a CPU; the result is also kept for
+        :meth:`cached_estimate`.
+        """
+        recipe = _recipe_args(iterations, init_model, device, extra_settings)
+        folder = _new_job_folder(self.jobs_dir, "estimate")
+        key = _estimate_key(init_model, device, extra_settings)
+        config = {"task": "estimate", "iterations": iterations, "device": device}
+        config["init_model"] = str(init_model) if init_model else None
+
+        def remember(result: TimeEstimate) -> None:
+            self._estimates[key] = result
+
+        command = self.command_factory(["estimate", *recipe, "--json"])
+        job = Job(folder, command, config=config).start()
+        return EstimateTask(job, iterations, on_result=remember)
+
+    def cached_estimate(
+        self, init_model: str | Path | None, device: str, extra_settings: Sequence[str] = ()
+    ) -> TimeEstimate | None:
+        """The last measurement for this model and device, ``None`` when there is none."""
+        return self._estimates.get(_estimate_key(init_model, device, extra_settings))
+
+    def estimate_text(self, params: Parameters) -> str:
+        """The Fine-tune time for the panel's choices, from the last measurement; ``""`` when
+        these choices have not been measured (or do not lead to a model)."""
+        try:
+            init_model, device = fine_tune_model_and_device(params)
+        except InputError:
+            return ""
+        estimate = self.cached_estimate(init_model, device)
+        return estimate.describe(params.iterations) if estimate else ""
 
     def resume_fine_tune(
         self, folder: str | Path, plots: TrainingPlots | None = None
@@ -760,6 +912,27 @@ def export_datalist(
         json.dumps({"training": training, "unlabeled": unlabeled_items}, indent=2) + "\n"
     )
     return datalist
+
+
+def _recipe_args(
+    iterations: int, init_model: str | Path | None, device: str, extra_settings: Sequence[str]
+) -> list[str]:
+    """The arguments that define a training recipe, shared by ``train`` and ``estimate``."""
+    _check_device(device)
+    if iterations < 1:
+        raise InputError("iterations must be at least 1")
+    args = ["--iterations", str(iterations), "--device", device]
+    if init_model:
+        args += ["--init", str(init_model)]
+    for setting in extra_settings:
+        args += ["--set", setting]
+    return args
+
+
+def _estimate_key(
+    init_model: str | Path | None, device: str, extra_settings: Sequence[str]
+) -> tuple[str, str, tuple[str, ...]]:
+    return (str(Path(init_model).resolve()) if init_model else "", device, tuple(extra_settings))
 
 
 def _check_device(device: str) -> None:
