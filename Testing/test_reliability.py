@@ -654,3 +654,15 @@ def test_sigkill_during_prediction_leaves_no_output(tmp_path: Path, checkpoint: 
         proc.kill()
     assert not (tmp_path / "out.nrrd").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["events.jsonl", "in.nrrd"]
+
+
+def test_random_bytes_are_called_corrupt_not_code(tmp_path: Path) -> None:
+    from dkuxnet.errors import CheckpointError
+    from dkuxnet.training.checkpoint import load_checkpoint
+
+    bad = tmp_path / "noise.pt"
+    bad.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(bad)
+    assert "not a readable checkpoint" in str(info.value)
+    assert "Python objects or code" not in str(info.value)

@@ -121,7 +121,10 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> 
         record = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
         text = str(exc)
-        if "Weights only load failed" in text or "weights_only" in text:
+        # torch words every weights-only failure alike; a pickle that names code says GLOBAL
+        # (or "Unsupported global"), while random or truncated bytes fail on an opcode
+        names_code = "GLOBAL" in text or "Unsupported global" in text
+        if names_code and ("Weights only load failed" in text or "weights_only" in text):
             raise CheckpointError(
                 f"{path}: refused to load: it contains Python objects or code, not plain "
                 "weights (only torch.load(weights_only=True) files are accepted)"
