@@ -131,13 +131,12 @@ class _DepthwiseConvMixin:
     padding: Any
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Kept in fp32 under autocast: the bf16 kernel is no faster forward and twice as slow
-        # backward on CPU, and the weight gradient sums over every voxel of the patch.
-        with torch.autocast(x.device.type, enabled=False):
-            x = x.float()
-            if x.device.type == "cpu":
-                return _DepthwiseConvFunction.apply(x, self.weight, self.bias, self.padding[0])
+        if x.device.type != "cpu":  # cuDNN's depthwise kernels are fine, in any precision
             return self._conv_forward(x, self.weight, self.bias)  # type: ignore[attr-defined]
+        # Kept in fp32 under CPU autocast: the bf16 kernel is no faster forward and twice as
+        # slow backward, and the weight gradient sums over every voxel of the patch.
+        with torch.autocast("cpu", enabled=False):
+            return _DepthwiseConvFunction.apply(x.float(), self.weight, self.bias, self.padding[0])
 
 
 class _DepthwiseConv3d(_DepthwiseConvMixin, nn.Conv3d):
