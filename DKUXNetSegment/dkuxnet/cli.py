@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, str] = {
     "train": "train",
     "estimate": "estimate",
     "predict": "predict",
+    "rank": "rank",
     "evaluate": "evaluate",
     "plot": "plot",
     "demo": "demo",

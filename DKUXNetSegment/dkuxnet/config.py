@@ -30,6 +30,8 @@ T = TypeVar("T", bound="_Section")
 PRESETS = ("paper", "lite")
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 PREDICTION_HEADS = ("cnn", "kmax", "mean")
+#: Per-voxel uncertainty measures of a prediction (see :mod:`dkuxnet.inference.predictor`).
+UNCERTAINTY_CHOICES = ("auto", "disagreement", "entropy", "flip-variance")
 
 
 def _fail(section: str, name: str, message: str) -> ConfigError:

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from dkuxnet.config import AMP_CHOICES
+from dkuxnet.config import AMP_CHOICES, UNCERTAINTY_CHOICES
 from dkuxnet.errors import ConfigError, InputError, OutputExistsError
 
 HELP = "segment an image or a folder of images with a trained model (checkpoint or run folder)"
@@ -67,6 +67,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write the foreground probability map as <output name>_prob<ext>",
     )
+    parser.add_argument(
+        "--uncertainty",
+        metavar="OUT",
+        help="also write a per-voxel uncertainty map: a file for one image, a folder (same file "
+        "names) for a folder of images; needs a dual model or --tta",
+    )
+    parser.add_argument(
+        "--uncertainty-measure",
+        choices=UNCERTAINTY_CHOICES,
+        default="auto",
+        help="auto (default): entropy of the mean foreground probability for a dual model, "
+        "variance over flips for one network with --tta; disagreement: |pA - pB| of the two "
+        "networks of a dual model",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--events", help="append progress events (JSON lines) to this file")
 
@@ -79,6 +93,7 @@ class Job:
     image: Path
     label_out: Path
     prob_out: Path | None
+    uncertainty_out: Path | None = None
 
 
 class Cancelled(KeyboardInterrupt):
@@ -93,13 +108,22 @@ def probability_path(label_path: Path) -> Path:
     return label_path.with_name(strip_volume_suffix(label_path) + "_prob" + suffix)
 
 
-def plan_jobs(input_path: Path, output_path: Path, probabilities: bool) -> list[Job]:
-    """Pair inputs with outputs: a file with a file, a folder with a folder (same names)."""
+def plan_jobs(
+    input_path: Path,
+    output_path: Path,
+    probabilities: bool,
+    uncertainty_path: Path | None = None,
+) -> list[Job]:
+    """Pair inputs with outputs: a file with a file, a folder with a folder (same names).
+
+    ``uncertainty_path`` follows the same rule as ``output_path``.
+    """
     from dkuxnet.io import strip_volume_suffix, volume_suffix
 
     if input_path.is_dir():
-        if output_path.exists() and not output_path.is_dir():
-            raise InputError(f"--input is a folder, so --output must be a folder: {output_path}")
+        for flag, path in (("--output", output_path), ("--uncertainty", uncertainty_path)):
+            if path is not None and path.exists() and not path.is_dir():
+                raise InputError(f"--input is a folder, so {flag} must be a folder: {path}")
         images = sorted(
             p
             for p in input_path.iterdir()
@@ -114,26 +138,54 @@ def plan_jobs(input_path: Path, output_path: Path, probabilities: bool) -> list[
                 f"--output {output_path} is a folder; give the label file to write, "
                 f"e.g. {output_path / input_path.name}"
             )
-        if volume_suffix(output_path) is None:
-            raise InputError(
-                f"--output {output_path} needs an image suffix (.nii.gz, .nrrd, .mha, ...)"
-            )
+        for flag, path in (("--output", output_path), ("--uncertainty", uncertainty_path)):
+            if path is None:
+                continue
+            if path.is_dir():
+                raise InputError(
+                    f"{flag} {path} is a folder; give the file to write, "
+                    f"e.g. {path / input_path.name}"
+                )
+            if volume_suffix(path) is None:
+                raise InputError(f"{flag} {path} needs an image suffix (.nii.gz, .nrrd, .mha, ...)")
         pairs = [(strip_volume_suffix(input_path), input_path, output_path)]
     else:
         raise InputError(f"--input not found: {input_path}")
+
+    def uncertainty_out(image: Path) -> Path | None:
+        if uncertainty_path is None:
+            return None
+        return uncertainty_path / image.name if input_path.is_dir() else uncertainty_path
+
     return [
-        Job(case, image, out, probability_path(out) if probabilities else None)
+        Job(
+            case,
+            image,
+            out,
+            probability_path(out) if probabilities else None,
+            uncertainty_out(image),
+        )
         for case, image, out in pairs
     ]
 
 
 def check_outputs(jobs: list[Job], overwrite: bool) -> None:
-    """Refuse, before any work, when an output exists or two jobs share one."""
-    outputs = [p for job in jobs for p in (job.label_out, job.prob_out) if p is not None]
+    """Refuse, before any work, when an output exists or two outputs share one path."""
+    outputs = [
+        p
+        for job in jobs
+        for p in (job.label_out, job.prob_out, job.uncertainty_out)
+        if p is not None
+    ]
     inputs = {job.image.resolve() for job in jobs}
     clashing = [p for p in outputs if p.resolve() in inputs]
     if clashing:
         raise InputError(f"output would replace an input image: {clashing[0]}")
+    seen: set[Path] = set()
+    for path in outputs:
+        if path.resolve() in seen:
+            raise InputError(f"two outputs would be written to one file: {path}")
+        seen.add(path.resolve())
     if not overwrite:
         existing = [p for p in outputs if p.exists()]
         if existing:
@@ -192,9 +244,11 @@ def _predict_all(args: argparse.Namespace, emit: Any) -> None:
     from tqdm import tqdm
 
     from dkuxnet.inference import Predictor
+    from dkuxnet.inference.predictor import UNCERTAINTY_DESCRIPTIONS
     from dkuxnet.io import read_volume, write_volume
 
-    jobs = plan_jobs(Path(args.input), Path(args.output), args.probabilities)
+    uncertainty_path = Path(args.uncertainty) if args.uncertainty else None
+    jobs = plan_jobs(Path(args.input), Path(args.output), args.probabilities, uncertainty_path)
     check_outputs(jobs, args.overwrite)
     model = resolve_model(args.model)
     overrides: dict[str, Any] = {
@@ -203,8 +257,11 @@ def _predict_all(args: argparse.Namespace, emit: Any) -> None:
         "largest_component": args.largest_component,
         "sw_batch_size": args.sw_batch_size,
         "amp": args.precision,
+        "uncertainty": args.uncertainty_measure if uncertainty_path else None,
     }
     predictor = Predictor.from_checkpoint(model, args.device, **overrides)
+    if predictor.uncertainty is not None:
+        log.info("uncertainty map: %s", UNCERTAINTY_DESCRIPTIONS.get(predictor.uncertainty, "?"))
     emit(
         "started",
         job="predict",
@@ -231,6 +288,8 @@ def _predict_all(args: argparse.Namespace, emit: Any) -> None:
         write_volume(result.label, job.label_out, overwrite=args.overwrite)
         if job.prob_out is not None and result.probabilities is not None:
             write_volume(result.probabilities, job.prob_out, overwrite=args.overwrite)
+        if job.uncertainty_out is not None and result.uncertainty is not None:
+            write_volume(result.uncertainty, job.uncertainty_out, overwrite=args.overwrite)
         emit("progress", stage="writing", done=1, total=1, case=job.case)
         emit("output", path=str(job.label_out), case=job.case)
         log.debug("%s -> %s", job.image, job.label_out)

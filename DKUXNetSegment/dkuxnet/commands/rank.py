@@ -1,0 +1,117 @@
+"""``dkuxnet rank``: which unlabeled scan to label next, by the model's uncertainty."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from dkuxnet.config import AMP_CHOICES, UNCERTAINTY_CHOICES
+from dkuxnet.errors import InputError, OutputExistsError
+
+HELP = (
+    "rank unlabeled scans by the model's uncertainty (mean over the predicted foreground and "
+    "its border), highest first: the scans to label next"
+)
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        help="checkpoint file or run folder (best.pt, else last.pt); default: the bundled model",
+    )
+    parser.add_argument(
+        "--input",
+        required=True,
+        help="a folder of images, a dataset folder or datalist .json (its unlabeled cases), "
+        "or a text file with one image path a line",
+    )
+    parser.add_argument("--output", help="also write the ranking as CSV to this file")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        default=None,
+        help="average over flips along every axis (8x slower); needed for a single network",
+    )
+    parser.add_argument(
+        "--measure",
+        choices=UNCERTAINTY_CHOICES,
+        default="auto",
+        help="auto (default): entropy of the mean foreground probability for a dual model, "
+        "variance over flips for one network with --tta; disagreement: |pA - pB| of the two "
+        "networks of a dual model",
+    )
+    parser.add_argument(
+        "--border",
+        type=int,
+        default=None,
+        help="voxels around the predicted foreground that count toward the score (default 3)",
+    )
+    parser.add_argument(
+        "--sw-batch-size", type=int, default=None, help="windows per forward pass (config)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=AMP_CHOICES,
+        default=None,
+        help="mixed precision: auto (default), bf16, fp16 (GPU) or off (fp32)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from dkuxnet.commands.predict import resolve_model
+    from dkuxnet.inference import Predictor
+    from dkuxnet.inference.predictor import UNCERTAINTY_DESCRIPTIONS
+    from dkuxnet.inference.ranking import (
+        DEFAULT_BORDER_VOXELS,
+        find_scans,
+        format_ranking,
+        rank_scans,
+        write_ranking_csv,
+    )
+
+    border = DEFAULT_BORDER_VOXELS if args.border is None else args.border
+    if border < 0:
+        raise InputError(f"--border must be >= 0, got {border}")
+    output = Path(args.output) if args.output else None
+    if output is not None:  # refuse before any work
+        if output.is_dir():
+            raise InputError(f"--output is a folder; give the CSV file to write: {output}")
+        if output.exists() and not args.overwrite:
+            raise OutputExistsError(f"output already exists: {output} (use --overwrite to replace)")
+    scans = find_scans(args.input)
+    overrides: dict[str, Any] = {
+        "tta": args.tta,
+        "sw_batch_size": args.sw_batch_size,
+        "amp": args.precision,
+        "uncertainty": args.measure,
+    }
+    predictor = Predictor.from_checkpoint(resolve_model(args.model), args.device, **overrides)
+    measure = predictor.uncertainty or "?"
+    log.info(
+        "ranking %d scan(s) by %s, over the predicted foreground + %d voxel(s)",
+        len(scans),
+        UNCERTAINTY_DESCRIPTIONS.get(measure, measure),
+        border,
+    )
+    with tqdm(total=len(scans), desc="scans", unit="scan", disable=None, file=sys.stderr) as bar:
+
+        def progress(done: int, total: int, case: str) -> None:
+            bar.set_postfix_str(case)
+            bar.update(done - bar.n)
+
+        scores = rank_scans(predictor, scans, border_voxels=border, progress=progress)
+    print(f"uncertainty: {measure} (mean over the predicted foreground + {border} voxels)")
+    print(format_ranking(scores))
+    if output is not None:
+        write_ranking_csv(scores, output)
+        log.info("wrote %s", output)
+    return 0
