@@ -331,8 +331,13 @@ def _phantom_config(iterations: int) -> TrainConfig:
 @pytest.mark.slow
 def test_the_harder_phantom_ranks_first(tmp_path: Path) -> None:
     """A tiny dual model trained for 40 iterations on clean phantoms is most uncertain about
-    a noisy, low-contrast one (in the measurement behind the default measure, the hard
-    phantoms scored 0.54-0.57, the clean ones 0.45-0.48)."""
+    a noisy, low-contrast one.
+
+    With this training set (seed 3) the hard phantom led by 0.07-0.09 (entropy, fg + 3 voxels)
+    in four different sets of scans, and by 0.04-0.11 after 60 iterations. The seed matters:
+    after 40 iterations the models of seeds 5 and 7 are not yet good enough to separate it
+    every time (rank 1 or 2; after 60 iterations rank 1 in 5 of 6 sets).
+    """
     from dkuxnet.training import Trainer
 
     shape = (24, 40, 40)
@@ -343,7 +348,9 @@ def test_the_harder_phantom_ranks_first(tmp_path: Path) -> None:
     for i, seed in enumerate((41, 42, 43, 44)):
         image, _ = make_phantom(shape, seed=seed, settings=hard if i == 2 else SETTINGS)
         write_volume(image, folder / f"scan_{i}.nii.gz")
-    predictor = Predictor.from_checkpoint(tmp_path / "run", "cpu", uncertainty="auto")
+    predictor = Predictor.from_checkpoint(
+        tmp_path / "run", "cpu", uncertainty="auto", sw_batch_size=8
+    )
     ranking = rank_scans(predictor, find_scans(folder))
     table = format_ranking(ranking)
     assert all(s.foreground_voxels > 0 for s in ranking), f"the model segments nothing:\n{table}"

@@ -1,7 +1,7 @@
 """Which per-voxel uncertainty measure and which scan score find the hard scans (phantoms).
 
     python benchmarks/uncertainty_measures.py [--model CHECKPOINT] [--iterations 40]
-                                              [--per-condition 5] [--shape 24 40 40]
+                                              [--per-condition 10] [--shape 24 40 40]
 
 Without ``--model`` a tiny dual model is trained on clean phantoms first (3 labeled + 2
 unlabeled, fp32). New phantoms are then drawn in four conditions: clean, noisy, low-contrast
@@ -103,7 +103,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a dual checkpoint or run folder (default: train one)")
     parser.add_argument("--iterations", type=int, default=40)
-    parser.add_argument("--per-condition", type=int, default=5)
+    parser.add_argument("--per-condition", type=int, default=10)
     parser.add_argument("--shape", type=int, nargs=3, default=(24, 40, 40))
     args = parser.parse_args()
     shape = tuple(args.shape)
