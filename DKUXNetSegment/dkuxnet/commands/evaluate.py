@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from dkuxnet.config import AMP_CHOICES
+from dkuxnet.commands.predict import add_precision_argument
 from dkuxnet.errors import InputError, OutputExistsError
 
 HELP = "score a model on a dataset split, or prediction files against label files"
@@ -37,13 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", help="folder of reference label files (same case names)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     parser.add_argument("--tta", action="store_true", default=None, help="flip test-time augm.")
-    parser.add_argument(
-        "--precision",
-        choices=AMP_CHOICES,
-        default=None,
-        help="mixed precision: auto (default: bf16 on a CPU with native bf16, fp16 on a GPU, "
-        "else fp32), bf16, fp16 (GPU) or off (fp32)",
-    )
+    add_precision_argument(parser)
     parser.add_argument(
         "--voxel-units",
         action="store_true",

@@ -21,6 +21,18 @@ HELP = "segment an image or a folder of images with a trained model (checkpoint 
 log = logging.getLogger(__name__)
 
 
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """``--precision``: the inference autocast setting (``inference.amp``), shared by the
+    commands that predict (predict, evaluate, rank)."""
+    parser.add_argument(
+        "--precision",
+        choices=AMP_CHOICES,
+        default=None,
+        help="mixed precision: auto (default: bf16 on a CPU with native bf16, fp16 on a GPU, "
+        "else fp32), bf16, fp16 (GPU) or off (fp32)",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
@@ -55,13 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sw-batch-size", type=int, default=None, help="windows per forward pass (config)"
     )
-    parser.add_argument(
-        "--precision",
-        choices=AMP_CHOICES,
-        default=None,
-        help="mixed precision: auto (default: bf16 on a CPU with native bf16, fp16 on a GPU, "
-        "else fp32), bf16, fp16 (GPU) or off (fp32)",
-    )
+    add_precision_argument(parser)
     parser.add_argument(
         "--probabilities",
         action="store_true",

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dkuxnet.config import AMP_CHOICES, UNCERTAINTY_CHOICES
+from dkuxnet.commands.predict import add_precision_argument
+from dkuxnet.config import UNCERTAINTY_CHOICES
 from dkuxnet.errors import InputError, OutputExistsError
 
 HELP = (
@@ -55,12 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sw-batch-size", type=int, default=None, help="windows per forward pass (config)"
     )
-    parser.add_argument(
-        "--precision",
-        choices=AMP_CHOICES,
-        default=None,
-        help="mixed precision: auto (default), bf16, fp16 (GPU) or off (fp32)",
-    )
+    add_precision_argument(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
 
 
