@@ -27,7 +27,8 @@ from dkuxnet.errors import ConfigError
 
 T = TypeVar("T", bound="_Section")
 
-PRESETS = ("paper", "lite")
+PRESETS = ("paper", "lite", "unet")
+ARCHITECTURES = ("dual_kmax_uxnet", "unet")
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 PREDICTION_HEADS = ("cnn", "kmax", "mean")
 #: Per-voxel uncertainty measures of a prediction (see :mod:`dkuxnet.inference.predictor`).
@@ -176,6 +177,8 @@ class ModelConfig(_Section):
         query_groups: sizes of the K query groups (sum = N); empty = proportional default with
             the background group largest.
         prediction_head: what ``ModelOutput.probabilities`` averages: cnn, kmax or mean.
+        architecture: ``dual_kmax_uxnet`` (this network) or ``unet``: MONAI's residual UNet
+            as a baseline (:mod:`dkuxnet.model.baseline`; the widths above are then unused).
     """
 
     SECTION: typing.ClassVar[str] = "model"
@@ -202,9 +205,11 @@ class ModelConfig(_Section):
     mask_stride: int = 1
     query_groups: tuple[int, ...] = ()
     prediction_head: str = "mean"
+    architecture: str = "dual_kmax_uxnet"
 
     def __post_init__(self) -> None:
         s = self.SECTION
+        _check_choice(s, "architecture", self.architecture, ARCHITECTURES)
         if self.spatial_dims not in (2, 3):
             raise _fail(s, "spatial_dims", f"must be 2 or 3, got {self.spatial_dims}")
         for name in ("in_channels", "hidden_size", "num_queries", "query_dim", "embed_dim"):
@@ -283,9 +288,12 @@ class ModelConfig(_Section):
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> ModelConfig:
-        """``paper``: the published widths; ``lite``: same design, narrow, for CPU work."""
+        """``paper``: the published widths; ``lite``: same design, narrow, for CPU work;
+        ``unet``: MONAI's UNet baseline (:mod:`dkuxnet.model.baseline`)."""
         if name == "paper":
             base = cls()
+        elif name == "unet":
+            base = cls(architecture="unet")
         elif name == "lite":
             base = cls(
                 feature_sizes=(16, 32, 64, 128),
@@ -348,6 +356,9 @@ class TrainingConfig(_Section):
     Attributes:
         mode: ``dual`` (two networks teaching each other) or ``supervised`` (one network,
             labeled data only: the baseline).
+        supervised_view: what the one network of ``supervised`` mode sees: ``weak`` (the
+            patches as sampled) or ``strong`` (network A's strong-view perturbation: isolates
+            the augmentation's share of the dual gain).
         use_segc / use_qdc: switch the segmentation / query-distribution consistency off for
             ablations.
         segc_form: ``cps`` (cross pseudo-supervision, CE against the other's confident
@@ -390,11 +401,13 @@ class TrainingConfig(_Section):
     checkpoint_every: int = 100
     log_every: int = 1
     seed: int = 0
+    supervised_view: str = "weak"
 
     def __post_init__(self) -> None:
         s = self.SECTION
         _normalise_amp(self, s)
         _check_choice(s, "mode", self.mode, ("dual", "supervised"))
+        _check_choice(s, "supervised_view", self.supervised_view, ("weak", "strong"))
         _check_choice(s, "segc_form", self.segc_form, ("cps", "mse"))
         _check_choice(s, "optimizer", self.optimizer, ("adamw", "sgd"))
         _check_choice(s, "schedule", self.schedule, ("poly", "cosine", "constant"))

@@ -43,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
     for name in PRESETS:
         cfg = ModelConfig.preset(name)
         n = count_parameters(build_model(cfg))
+        if cfg.architecture == "unet":
+            print(f"  {name:6s} {n / 1e6:6.2f} M parameters  MONAI UNet baseline")
+            continue
         print(
             f"  {name:6s} {n / 1e6:6.2f} M parameters  widths {cfg.feature_sizes}, hidden "
             f"{cfg.hidden_size}, {cfg.num_queries} queries, mask stride {cfg.mask_stride}"

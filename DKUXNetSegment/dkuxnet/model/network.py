@@ -204,8 +204,12 @@ class DualKMaXUXNet(nn.Module):
         )
 
 
-def build_model(config: ModelConfig) -> DualKMaXUXNet:
-    """The one place where configuration meets modules."""
+def build_model(config: ModelConfig) -> nn.Module:
+    """The one place where configuration meets modules (``config.architecture`` picks one)."""
+    if config.architecture == "unet":
+        from dkuxnet.model.baseline import UNetBaseline
+
+        return UNetBaseline(config)
     return DualKMaXUXNet(config)
 
 

@@ -39,7 +39,7 @@ from dkuxnet.losses import (
     segmentation_consistency,
     supervised_loss,
 )
-from dkuxnet.model import DualKMaXUXNet, build_model
+from dkuxnet.model import build_model
 from dkuxnet.training.augment import strong_view
 from dkuxnet.training.checkpoint import (
     capture_rng_state,
@@ -199,7 +199,7 @@ class Trainer:
 
     # -- setup --------------------------------------------------------------------------------
 
-    def _build_networks(self) -> list[DualKMaXUXNet]:
+    def _build_networks(self) -> list[nn.Module]:
         seed = self.config.training.seed
         networks = []
         for i in range(2 if self.dual else 1):
@@ -415,27 +415,35 @@ class Trainer:
 
     def _prepare_batch(self, sampler: TwoStreamSampler, iteration: int) -> dict[str, torch.Tensor]:
         """The patches of ``iteration`` and, in dual mode, network A's strong view of them
-        (``weak`` = labeled then unlabeled patches, ``strong`` = their perturbed copy)."""
+        (``weak`` = labeled then unlabeled patches, ``strong`` = their perturbed copy); in
+        supervised mode with ``supervised_view="strong"`` the labeled patches are replaced by
+        that perturbation."""
         tcfg = self.config.training
         batch = sampler.batch(iteration)
-        if self.dual:
-            weak = torch.cat([batch["labeled_image"], batch["unlabeled_image"]])
-            gen = torch.Generator().manual_seed(tcfg.seed * 1_000_003 + iteration)
-            batch["weak"] = weak
-            batch["strong"] = strong_view(
-                weak,
+        gen = torch.Generator().manual_seed(tcfg.seed * 1_000_003 + iteration)
+
+        def strong(images: torch.Tensor) -> torch.Tensor:
+            return strong_view(
+                images,
                 gen,
                 tcfg.strong_noise_std,
                 tcfg.strong_gamma,
                 tcfg.strong_blur_sigma,
                 tcfg.strong_bias_coeff,
             )
+
+        if self.dual:
+            weak = torch.cat([batch["labeled_image"], batch["unlabeled_image"]])
+            batch["weak"] = weak
+            batch["strong"] = strong(weak)
+        elif tcfg.supervised_view == "strong":
+            batch["labeled_image"] = strong(batch["labeled_image"])
         return batch
 
     def _loop(
         self,
         models: Sequence[nn.Module],
-        networks: Sequence[DualKMaXUXNet],
+        networks: Sequence[nn.Module],
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
         scaler: torch.amp.GradScaler,
