@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from dkuxnet.config import ModelConfig, TrainConfig
@@ -47,6 +48,22 @@ def evaluate(run: Path, data_dir: Path, voxel_units: bool, device: str) -> dict:
         predictor, load_dataset(data_dir).test, voxel_units=voxel_units, style="medpy"
     )
     return {"summary": summarize(rows), "cases": rows}
+
+
+def build_config(
+    iterations: int,
+    seed: int,
+    preset: str = "demo",
+    patch: Sequence[int] | None = None,
+    overrides: Sequence[str] = (),
+) -> TrainConfig:
+    """The study recipe: the demo schedule around a preset, a patch size and ``--set`` keys."""
+    config = demo_config(DemoSettings(iterations=iterations, seed=seed))
+    if preset != "demo":
+        config = config.replace(model=ModelConfig.preset(preset))
+    if patch:
+        config = config.replace(data=config.data.replace(patch_size=tuple(patch)))
+    return config.with_overrides(list(overrides))
 
 
 def main() -> None:
@@ -79,12 +96,7 @@ def main() -> None:
                 data_dir, settings.n_labeled, settings.n_unlabeled, settings.n_test,
                 shape=settings.shape, seed=settings.seed,
             )  # fmt: skip
-    config = demo_config(settings)
-    if args.preset != "demo":
-        config = config.replace(model=ModelConfig.preset(args.preset))
-    if args.patch:
-        config = config.replace(data=config.data.replace(patch_size=tuple(args.patch)))
-    config = config.with_overrides(args.set)
+    config = build_config(args.iterations, args.seed, args.preset, args.patch, args.set)
     args.out.mkdir(parents=True, exist_ok=True)
     config.save(args.out / "config.json")
     results = {}

@@ -8,7 +8,7 @@ import logging
 import threading
 from pathlib import Path
 
-from dkuxnet.config import TrainConfig
+from dkuxnet.config import PRESETS, TrainConfig
 from dkuxnet.data import DatasetSplit
 from dkuxnet.errors import ConfigError, InputError
 
@@ -21,8 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder (events, config, checkpoints)")
     p.add_argument(
         "--preset",
-        choices=("lite", "paper"),
-        help="model preset for a new model (default lite; with --init, the init model's)",
+        choices=PRESETS,
+        help="model preset for a new model (default lite; with --init, the init model's; "
+        "unet = MONAI's UNet baseline)",
     )
     p.add_argument("--config", help="JSON file with a full or partial TrainConfig")
     p.add_argument(

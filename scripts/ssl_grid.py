@@ -1,0 +1,268 @@
+"""The semi-supervised study on the real LA scans: configurations x labeled scans x seeds.
+
+    python scripts/ssl_grid.py --la-data "DTC/data/2018LA_Seg_Training Set" --out /work/grid \
+        [--labels 8 16] [--seeds 0 1 2] [--configs 1 3 6 7 2 4 5] [--iterations 1000] \
+        [--threads 1] [--table-only]
+
+Every run uses the learning check's recipe (``scripts/learning_check.py``: the ``lite``
+network, 2.5 mm, 16 x 32 x 48 patches, lr 1e-3, poly schedule, validation every 100 iterations
+on the last 1/8 of the labeled train-list scans, best checkpoint by validation Dice; the test
+list is scored once at the end, voxel units, medpy style). Only what the configuration names
+differs:
+
+1. ``supervised``         one network, labeled scans, the weak view
+2. ``supervised-strong``  the same with network A's strong-view perturbation
+3. ``two-nets``           two networks (A strong, B weak) with both consistency losses off;
+                          prediction = their mean (the ensemble without the method)
+4. ``segc-only``          dual with L_segc only
+5. ``qdc-only``           dual with L_qdc only
+6. ``dual``               the method: L_segc + L_qdc
+7. ``unet``               MONAI's UNet, supervised (``dkuxnet.model.baseline``)
+
+Runs go to ``OUT/<labels>/<config>/seed<seed>``. Configurations 1, 3, 6 and 7 come first, seed
+by seed (each seed: both label counts, every configuration), then the others the same way, so
+an interrupted grid has its most wanted, comparable cells first;
+rerun the same command to resume (a finished run is only re-scored if its scores are missing,
+an unfinished one resumes from ``last.pt``; a run folder whose config differs is an error).
+The results: ``OUT/table.md`` (mean +- sd over seeds per cell, and the paired dual-vs-arm
+differences), ``OUT/per_seed.csv`` and ``OUT/grid.png`` (Dice against labeled scans, one line
+per configuration, seeds as points), rewritten after every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+from learning_check import build_config, evaluate
+
+from dkuxnet.config import ModelConfig, TrainConfig
+from dkuxnet.data import import_la, load_dataset
+from dkuxnet.events import read_events
+from dkuxnet.training import Trainer
+
+log = logging.getLogger("ssl_grid")
+
+#: number -> (name, mode, training overrides, model preset or None)
+CONFIGS: dict[int, tuple[str, str, dict[str, Any], str | None]] = {
+    1: ("supervised", "supervised", {}, None),
+    2: ("supervised-strong", "supervised", {"supervised_view": "strong"}, None),
+    3: ("two-nets", "dual", {"use_segc": False, "use_qdc": False}, None),
+    4: ("segc-only", "dual", {"use_qdc": False}, None),
+    5: ("qdc-only", "dual", {"use_segc": False}, None),
+    6: ("dual", "dual", {}, None),
+    7: ("unet", "supervised", {}, "unet"),
+}
+RECIPE = (
+    "data.target_spacing=[2.5,2.5,2.5]",
+    "training.lr=0.001",
+    "training.val_every=100",
+    "training.val_fraction=0.125",
+)
+#: The configurations run first (the issue's order when the budget is short).
+CORE = (1, 3, 6, 7)
+METRICS = ("dice", "jaccard", "hd95", "asd")
+SCORES = "test_scores.json"
+
+
+def run_config(number: int, iterations: int, seed: int) -> TrainConfig:
+    """The configuration of one cell (``number`` as in the module docstring)."""
+    _, mode, training, preset = CONFIGS[number]
+    base = build_config(iterations, seed, "lite", (16, 32, 48), RECIPE)
+    config = base.replace(training=base.training.replace(mode=mode, **training))
+    if preset is not None:
+        config = config.replace(model=ModelConfig.preset(preset))
+    return config
+
+
+def completed(run: Path) -> bool:
+    events = run / "events.jsonl"
+    return events.exists() and any(
+        e.get("event") == "finished" and e.get("status") == "completed" for e in read_events(events)
+    )
+
+
+def do_run(number: int, labels: int, seed: int, args: argparse.Namespace) -> dict | None:
+    """Train (or resume) and score one cell; ``None`` when stopped before the end."""
+    name = CONFIGS[number][0]
+    run = args.out / str(labels) / name / f"seed{seed}"
+    data_dir = args.out / "data" / f"la{labels}"
+    config = run_config(number, args.iterations, seed)
+    if (run / "config.json").exists() and TrainConfig.load(run / "config.json") != config:
+        raise SystemExit(f"{run}: holds a run with another configuration; move it away first")
+    if (run / SCORES).exists():
+        return json.loads((run / SCORES).read_text())
+    if args.table_only:
+        return None
+    if not completed(run):
+        log.info("training %s, %d labeled, seed %d -> %s", name, labels, seed, run)
+        resume = (run / "last.pt").exists()
+        status = Trainer(config, load_dataset(data_dir), run, device="cpu", resume=resume).run()
+        if status != "completed":
+            return None
+    scores = evaluate(run, data_dir, voxel_units=True, device="cpu")
+    events = read_events(run / "events.jsonl")
+    seconds = sum(
+        e["time"] - s["time"]
+        for s, e in zip(events, events[1:], strict=False)
+        if e.get("event") == "iteration" and s.get("event") == "iteration"
+    )
+    scores["train_seconds"] = seconds
+    (run / SCORES).write_text(json.dumps(scores, indent=1, default=str))
+    return scores
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values:
+        return "–"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {sd:.2f}"
+
+
+def write_results(results: dict[tuple[int, int, int], dict], args: argparse.Namespace) -> None:
+    """``table.md``, ``per_seed.csv`` and ``grid.png`` from every scored cell so far."""
+    rows = []
+    for (number, labels, seed), r in sorted(results.items()):
+        s = r["summary"]
+        rows.append(
+            {
+                "config": f"{number} {CONFIGS[number][0]}",
+                "labeled": labels,
+                "seed": seed,
+                **{m: (100 if m in ("dice", "jaccard") else 1) * s[m]["mean"] for m in METRICS},
+                "train_minutes": r.get("train_seconds", 0.0) / 60,
+            }
+        )
+    with open(args.out / "per_seed.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["config"])
+        writer.writeheader()
+        writer.writerows(rows)
+    labels_list = sorted({k[1] for k in results})
+    lines = [
+        f"Test-list Dice % (mean ± sd over seeds; n = seeds), {args.iterations} iterations, "
+        "2.5 mm, 16×32×48, lite; Jaccard %, 95HD and ASD in voxels.",
+        "",
+        "| configuration | " + " | ".join(f"{n} labeled: Dice (n)" for n in labels_list) + " | "
+        + " | ".join(f"{n}: Jaccard / 95HD / ASD" for n in labels_list) + " |",
+        "|---" * (1 + 2 * len(labels_list)) + "|",
+    ]  # fmt: skip
+    for number in CONFIGS:
+        cells, extra = [], []
+        for labels in labels_list:
+            seeds = [r for (c, n, _), r in results.items() if c == number and n == labels]
+            if not seeds:
+                cells.append("–")
+                extra.append("–")
+                continue
+
+            def values(metric: str, seeds: list[dict] = seeds) -> list[float]:
+                scale = 100 if metric in ("dice", "jaccard") else 1
+                return [scale * r["summary"][metric]["mean"] for r in seeds]
+
+            cells.append(f"{mean_sd(values('dice'))} ({len(seeds)})")
+            extra.append(" / ".join(f"{statistics.mean(values(m)):.2f}" for m in METRICS[1:]))
+        if any(c != "–" for c in cells):
+            lines.append(f"| {number} {CONFIGS[number][0]} | " + " | ".join(cells + extra) + " |")
+    lines += ["", "Paired differences, dual (6) minus arm, test Dice points, per seed:", ""]
+    for arm in (1, 3, 7, 2, 4, 5):
+        for labels in labels_list:
+            diffs = []
+            for (c, n, seed), r in sorted(results.items()):
+                other = results.get((arm, labels, seed))
+                if c == 6 and n == labels and other is not None:
+                    diffs.append(
+                        100 * (r["summary"]["dice"]["mean"] - other["summary"]["dice"]["mean"])
+                    )
+            if diffs:
+                per_seed = ", ".join(f"{d:+.2f}" for d in diffs)
+                wins = sum(d > 0 for d in diffs)
+                lines.append(
+                    f"- vs {arm} {CONFIGS[arm][0]}, {labels} labeled: {per_seed} "
+                    f"(mean {statistics.mean(diffs):+.2f}; dual better in {wins}/{len(diffs)})"
+                )
+    (args.out / "table.md").write_text("\n".join(lines) + "\n")
+    plot_grid(rows, args.out / "grid.png")
+
+
+def plot_grid(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for config in sorted({r["config"] for r in rows}):
+        mine = [r for r in rows if r["config"] == config]
+        xs = sorted({r["labeled"] for r in mine})
+        means = [statistics.mean(r["dice"] for r in mine if r["labeled"] == x) for x in xs]
+        (line,) = ax.plot(xs, means, marker="o", label=config)
+        ax.scatter(
+            [r["labeled"] for r in mine], [r["dice"] for r in mine], color=line.get_color(), s=12
+        )
+    ax.set_xlabel("labeled scans")
+    ax.set_ylabel("test-list Dice (%)")
+    ax.set_title("LA, 20 test scans (lines: seed mean; points: seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--la-data", type=Path, help="the 2018 LA training set folder")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--labels", type=int, nargs="+", default=[8, 16])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--configs", type=int, nargs="+", default=[1, 3, 6, 7, 2, 4, 5])
+    p.add_argument("--iterations", type=int, default=1000)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--table-only", action="store_true", help="only rewrite the results")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if unknown := [c for c in args.configs if c not in CONFIGS]:
+        p.error(f"unknown configuration(s) {unknown}; choose from {sorted(CONFIGS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for labels in args.labels:
+        data_dir = args.out / "data" / f"la{labels}"
+        if not (data_dir / "datalist.json").exists() and not args.table_only:
+            if args.la_data is None:
+                p.error(f"{data_dir} is missing: pass --la-data to import the scans")
+            import_la(args.la_data, data_dir, labeled=labels, overwrite=True)
+    results: dict[tuple[int, int, int], dict] = {}
+    for number in args.configs:  # already scored cells first, so the table is complete early
+        for labels in args.labels:
+            for seed in args.seeds:
+                run = args.out / str(labels) / CONFIGS[number][0] / f"seed{seed}" / SCORES
+                if run.exists():
+                    results[(number, labels, seed)] = json.loads(run.read_text())
+    if results:
+        write_results(results, args)
+    core = [c for c in args.configs if c in CORE]
+    for group in (core, [c for c in args.configs if c not in CORE]):
+        for seed in args.seeds:
+            for labels in args.labels:
+                for number in group:
+                    if (number, labels, seed) in results:
+                        continue
+                    scores = do_run(number, labels, seed, args)
+                    if scores is None:
+                        continue
+                    results[(number, labels, seed)] = scores
+                    write_results(results, args)
+    if results:
+        print((args.out / "table.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
