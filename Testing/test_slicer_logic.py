@@ -396,6 +396,32 @@ def test_plots_add_columns_lazily(scene) -> None:
     assert plots.loss_table.GetNumberOfRows() == 0
 
 
+def test_plots_give_their_curves_back_to_other_front_ends(scene) -> None:
+    """The web page draws the same numbers from the same nodes (missing values left out)."""
+    plots = logic_module.TrainingPlots(scene, "curves")
+    assert plots.loss_curves() == {} and plots.dice_curves() == {"mean Dice": []}
+    plots.add_losses(1, {"a": 1.0})
+    plots.add_losses(2, {"a": 0.5, "b": 2.0})
+    plots.add_dice(2, 0.75)
+    assert plots.loss_curves() == {"a": [(1.0, 1.0), (2.0, 0.5)], "b": [(2.0, 2.0)]}
+    assert plots.dice_curves() == {"mean Dice": [(2.0, 0.75)]}
+
+
+def test_task_describe_is_the_status_line(scene, logic, monkeypatch) -> None:
+    monkeypatch.setenv("FAKE_DKUXNET_SLEEP", "0.2")
+    pair, _ = make_pair(scene, "L1", 1)
+    task = logic.start_fine_tune([pair], iterations=20)
+    deadline = time.monotonic() + TIMEOUT
+    while task.eta_s is None and time.monotonic() < deadline:
+        task.poll()
+        time.sleep(0.02)
+    line = task.describe()
+    assert line.startswith("iteration ") and " — elapsed 0:0" in line and "left" in line
+    task.cancel(grace_s=10)
+    assert task.wait(TIMEOUT) is JobState.CANCELLED
+    assert task.describe().startswith("cancelled — elapsed") and "left" not in task.describe()
+
+
 # ------------------------------------------------------------------ the real `dkuxnet predict`
 @pytest.mark.slow
 def test_segment_end_to_end_with_real_predict(scene, tmp_path) -> None:

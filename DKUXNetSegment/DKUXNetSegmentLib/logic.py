@@ -367,6 +367,14 @@ class Task:
         self.status = "cancelling"
         self.job.cancel(grace_s=grace_s, wait=False)
 
+    def describe(self) -> str:
+        """The status line every front end shows, e.g. ``"iteration 5/250, loss 0.4100 —
+        elapsed 1:02, about 9:10 left"`` (the time left only while the job runs)."""
+        text = f"{self.status} — elapsed {format_duration(self.elapsed_s)}"
+        if self.eta_s and not self.state.is_final:
+            text += f", about {format_duration(self.eta_s)} left"
+        return text
+
     def _on_event(self, event: dict[str, Any]) -> None:  # pragma: no cover - overridden
         pass
 
@@ -641,6 +649,15 @@ class TrainingPlots:
     def nodes(self) -> list[slicer.vtkMRMLNode]:
         return [self.loss_table, self.dice_table, self.loss_chart, self.dice_chart]
 
+    def loss_curves(self) -> dict[str, list[tuple[float, float]]]:
+        """Each loss as ``(iteration, value)`` points, read back from the table (a front end
+        that draws its own charts, such as the web page, reads the same nodes)."""
+        return _table_curves(self.loss_table, self.X)
+
+    def dice_curves(self) -> dict[str, list[tuple[float, float]]]:
+        """The validation Dice as ``(iteration, value)`` points, like :meth:`loss_curves`."""
+        return _table_curves(self.dice_table, self.X)
+
     # internals
     def _table(self, name: str) -> slicer.vtkMRMLTableNode:
         table = self.scene.AddNewNodeByClass(
@@ -691,6 +708,24 @@ class TrainingPlots:
             column.InsertNextValue(float(value) if isinstance(value, int | float) else math.nan)
         t.Modified()
         table.Modified()
+
+
+def _table_curves(
+    table: slicer.vtkMRMLTableNode, x_name: str
+) -> dict[str, list[tuple[float, float]]]:
+    """Column name -> its ``(x, y)`` points, rows where either is not a number left out."""
+    t = table.GetTable()
+    x = t.GetColumnByName(x_name)
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for i in range(t.GetNumberOfColumns()):
+        column = t.GetColumn(i)
+        if column is x:
+            continue
+        points = [(x.GetValue(r), column.GetValue(r)) for r in range(t.GetNumberOfRows())]
+        curves[column.GetName()] = [
+            (float(a), float(b)) for a, b in points if math.isfinite(a) and math.isfinite(b)
+        ]
+    return curves
 
 
 _PALETTE = [(0.85, 0.33, 0.1), (0.0, 0.45, 0.74), (0.49, 0.18, 0.56), (0.47, 0.67, 0.19)]
