@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, str] = {
     "evaluate": "evaluate",
     "plot": "plot",
     "demo": "demo",
+    "web": "web",
 }
 
 log = logging.getLogger("dkuxnet")
