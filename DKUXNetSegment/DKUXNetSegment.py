@@ -69,10 +69,14 @@ class DKUXNetSegment(ScriptedLoadableModule):
             "labeled and unlabeled scans (semi-supervised). Both run in the background: the "
             "progress bar follows them and Cancel stops them.<br>"
             "<b>Segment</b>: pick a volume and click Segment; the result is a new segmentation "
-            "unless you choose one to replace.<br>"
+            "unless you choose one to replace. <i>Show uncertainty</i> also shows where the "
+            "model is unsure, in colour over the image (a single-network model such as the "
+            "bundled one needs Test-time augmentation for it).<br>"
             "<b>Fine-tune</b>: add volumes with their left-atrium segment, optionally unlabeled "
             "volumes, and start; the new model is then used by Segment. Estimate time first "
-            "shows how long the chosen iterations take on this computer.<br>"
+            "shows how long the chosen iterations take on this computer. <i>Suggest next to "
+            "label</i> ranks the unlabeled volumes by the model's uncertainty, most unsure "
+            "first.<br>"
             f"Needs 3D Slicer {MINIMUM_SLICER} or newer."
         )
         self.parent.acknowledgementText = (
@@ -94,6 +98,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._segmentTask = None  # SegmentTask
         self._fineTuneTask = None  # FineTuneTask
         self._estimateTask = None  # EstimateTask
+        self._rankTask = None  # RankTask
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -123,6 +128,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         )
         self.ui.deviceComboBox.currentIndexChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.ttaCheckBox.toggled.connect(self.updateParameterNodeFromGUI)
+        self.ui.showUncertaintyCheckBox.toggled.connect(self.updateParameterNodeFromGUI)
         self.ui.iterationsSpinBox.valueChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.startFromCurrentModelCheckBox.toggled.connect(self.updateParameterNodeFromGUI)
 
@@ -133,6 +139,9 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.removePairButton.clicked.connect(self.onRemovePair)
         self.ui.addUnlabeledButton.clicked.connect(self.onAddUnlabeled)
         self.ui.removeUnlabeledButton.clicked.connect(self.onRemoveUnlabeled)
+        self.ui.suggestNextButton.clicked.connect(self.onSuggestNext)
+        self.ui.suggestNextCancelButton.clicked.connect(self.onSuggestNextCancel)
+        self.ui.rankingTableWidget.cellDoubleClicked.connect(self.onRankingDoubleClicked)
         self.ui.estimateTimeButton.clicked.connect(self.onEstimateTime)
         self.ui.fineTuneStartButton.clicked.connect(self.onFineTuneStart)
         self.ui.fineTuneCancelButton.clicked.connect(self.onFineTuneCancel)
@@ -213,6 +222,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelPathLineEdit.enabled = params.model_source != "default"
             self.ui.deviceComboBox.currentIndex = DEVICES.index(params.device)
             self.ui.ttaCheckBox.checked = params.tta
+            self.ui.showUncertaintyCheckBox.checked = params.show_uncertainty
             self.ui.iterationsSpinBox.value = params.iterations
             self.ui.startFromCurrentModelCheckBox.checked = params.start_from_current_model
             self._fillPairsTable(params.labeled_pairs)
@@ -235,6 +245,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         params.model_path = self.ui.modelPathLineEdit.currentPath
         params.device = DEVICES[self.ui.deviceComboBox.currentIndex]
         params.tta = self.ui.ttaCheckBox.checked
+        params.show_uncertainty = self.ui.showUncertaintyCheckBox.checked
         params.iterations = self.ui.iterationsSpinBox.value
         params.start_from_current_model = self.ui.startFromCurrentModelCheckBox.checked
         self._parameterNode.EndModify(wasModified)
@@ -273,6 +284,9 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.enabled = params.input_volume is not None and not segmenting
         self.ui.segmentCancelButton.enabled = segmenting
         self.ui.estimateTimeButton.enabled = not training and not _running(self._estimateTask)
+        ranking = _running(self._rankTask)
+        self.ui.suggestNextButton.enabled = not ranking  # with no volumes it says what to do
+        self.ui.suggestNextCancelButton.enabled = ranking
         self.ui.fineTuneStartButton.enabled = bool(params.labeled_pairs) and not training
         self.ui.fineTuneCancelButton.enabled = training
         self.ui.fineTuneResumeButton.enabled = not training and self.logic.canResume(
@@ -342,7 +356,12 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         def start():
             model = resolve_model(params.model_source, params.model_path)
             return self.logic.segment(
-                params.input_volume, model, params.device, params.tta, params.output_segmentation
+                params.input_volume,
+                model,
+                params.device,
+                params.tta,
+                params.output_segmentation,
+                uncertainty=params.show_uncertainty,
             )
 
         task = self._startShowingErrors("Could not start segmentation.", start)
@@ -355,6 +374,45 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSegmentCancel(self):
         if self._segmentTask is not None:
             self._segmentTask.cancel()
+
+    def onSuggestNext(self):
+        if not self.logic.ensureDependencies():
+            return
+        params = Parameters(self._parameterNode)
+
+        def start():
+            model = resolve_model(params.model_source, params.model_path)
+            return self.logic.suggestNext(
+                params.unlabeled_volumes, model, params.device, params.tta
+            )
+
+        task = self._startShowingErrors("Could not rank the unlabeled volumes.", start)
+        if task is not None:
+            self._rankTask = task
+            self.ui.rankingTableWidget.setRowCount(0)
+            self.ui.rankingStatusLabel.text = task.status  # "ranking…"
+            self.timer.start()
+            self._updateButtons()
+
+    def onSuggestNextCancel(self):
+        if self._rankTask is not None:
+            self._rankTask.cancel()
+
+    def _fillRankingTable(self, ranking):
+        table = self.ui.rankingTableWidget
+        table.setRowCount(len(ranking))
+        for row, ranked in enumerate(ranking):
+            table.setItem(row, 0, qt.QTableWidgetItem(ranked.name))
+            table.setItem(row, 1, qt.QTableWidgetItem(ranked.score_text))
+
+    def onRankingDoubleClicked(self, row, column):
+        """Show the ranked volume in the slice views."""
+        task = self._rankTask
+        if task is None or not 0 <= row < len(task.ranking):
+            return
+        node = slicer.mrmlScene.GetNodeByID(task.ranking[row].node_id)
+        if node is not None:
+            slicer.util.setSliceViewerLayers(background=node, fit=True)
 
     def onEstimateTime(self):
         if not self.logic.ensureDependencies():
@@ -444,6 +502,17 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 slicer.util.infoDisplay(
                     f"Fine-tuning finished. Segment now uses:\n{fineTuneTask.model_path}"
                 )
+        rankTask = self._rankTask
+        if _running(rankTask):
+            rankTask.poll()
+            self.ui.rankingStatusLabel.text = rankTask.status
+            if rankTask.state is JobState.COMPLETED:
+                self._fillRankingTable(rankTask.ranking)
+            elif rankTask.state is JobState.FAILED:
+                self.ui.rankingStatusLabel.text = "Could not rank the unlabeled volumes."
+                slicer.util.errorDisplay(
+                    "Could not rank the unlabeled volumes.", detailedText=rankTask.error or ""
+                )
         estimateTask = self._estimateTask
         if _running(estimateTask):
             estimateTask.poll()
@@ -456,7 +525,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
 
     def _tasks(self):
-        return (self._segmentTask, self._fineTuneTask, self._estimateTask)
+        return (self._segmentTask, self._fineTuneTask, self._estimateTask, self._rankTask)
 
     def _pollTask(self, task, progressBar, statusLabel):
         task.poll()
@@ -495,8 +564,16 @@ class DKUXNetSegmentLogic(ScriptedLoadableModuleLogic):
             python_executable=python,
         )
 
-    def segment(self, volumeNode, model, device="auto", tta=False, segmentationNode=None):
-        return self.logic.start_segment(volumeNode, model, device, tta, segmentationNode)
+    def segment(
+        self, volumeNode, model, device="auto", tta=False, segmentationNode=None, uncertainty=False
+    ):
+        return self.logic.start_segment(
+            volumeNode, model, device, tta, segmentationNode, uncertainty=uncertainty
+        )
+
+    def suggestNext(self, volumes, model, device="auto", tta=False):
+        """Rank the unlabeled volumes by the model's uncertainty (a background job)."""
+        return self.logic.start_rank(volumes, model, device, tta)
 
     def fineTune(self, pairs, unlabeled, iterations, initModel=None, device="auto"):
         return self.logic.start_fine_tune(pairs, unlabeled, iterations, initModel, device)

@@ -8,7 +8,15 @@ Flow of a task:
 
 * **Segment**: the chosen volume is exported to ``JOB/input.nrrd``; ``dkuxnet predict`` writes
   ``JOB/prediction.nrrd`` and progress events; when it ends well the label is imported as a new
-  segmentation (or into the one the user chose to replace) by :mod:`slicer_bridge`.
+  segmentation (or into the one the user chose to replace) by :mod:`slicer_bridge`. With
+  *Show uncertainty* it also writes ``JOB/uncertainty.nrrd`` (``--uncertainty``), which becomes
+  a new scalar volume on the input's exact grid, named after its measure (the ``started``
+  event says which: entropy for a dual model, flip variance for one network with TTA) and
+  shown in colour over the image.
+* **Suggest next to label**: the Fine-tune panel's unlabeled volumes are exported to
+  ``JOB/scans/``; ``dkuxnet rank`` scores each by the current model's mean uncertainty over its
+  predicted foreground and border and writes ``JOB/ranking.csv``; the rows, mapped back to the
+  volume nodes, fill one table node (most uncertain first).
 * **Estimate time**: ``dkuxnet estimate`` times a few real iterations of the training recipe
   Fine-tune would run (same start model, device and settings) and prints one JSON line; the
   seconds per iteration are kept per (model, device), so a new iteration count needs no new
@@ -23,6 +31,7 @@ Progress, ETA and status come from event fields, never from parsing text.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import importlib.util
 import json
@@ -35,13 +44,14 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import slicer
 import vtk
 
 from dkuxnet.commands.estimate import format_duration as approximate_duration
 from dkuxnet.errors import InputError
 from dkuxnet.events import EVENTS_FILE, read_events
-from dkuxnet.io import read_volume, write_volume
+from dkuxnet.io import Volume, read_volume, write_volume
 from dkuxnet.jobs import STOP_REQUEST_FILE, Job, JobState, dkuxnet_command
 from dkuxnet.resources import default_model_path
 
@@ -74,6 +84,24 @@ CANCEL_GRACE_S = 30.0
 # Prediction has nothing to save; where the polite signal cannot arrive (Windows), Cancel
 # should not make the user wait long for the kill.
 PREDICT_CANCEL_GRACE_S = 5.0
+# The uncertainty map (Segment with "Show uncertainty"). Names of the measures that
+# `dkuxnet predict` reports in its started event, as node names and the panel show them.
+UNCERTAINTY_LABELS: dict[str, str] = {
+    "entropy": "entropy",
+    "flip-variance": "flip variance",
+    "disagreement": "disagreement",
+}
+# Colour tables, the first the scene has: Inferno (perceptual, dark = sure, bright = unsure) in
+# the Slicer application; Iron (built into MRML, also black-red-yellow) where the colour files
+# are not loaded, e.g. on slicer-core.
+UNCERTAINTY_COLOR_NODE_IDS = ("vtkMRMLColorTableNodeFileInferno.txt", "vtkMRMLColorTableNodeIron")
+UNCERTAINTY_OPACITY = 0.5
+# Voxels below this share of the map's range are transparent, so the image stays as it is
+# where the model is sure (most of it) and the colour marks where it is not.
+UNCERTAINTY_HIDDEN_SHARE = 0.05
+# The node attribute that names a map's measure (a key of UNCERTAINTY_LABELS).
+UNCERTAINTY_MEASURE_ATTRIBUTE = "DKUXNet.UncertaintyMeasure"
+RANKING_TABLE_NAME = "DKUXNet next to label"
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -140,6 +168,65 @@ def format_duration(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def uncertainty_label(measure: str | None) -> str:
+    """``"flip variance"`` for ``"flip-variance"``; ``"uncertainty"`` when not known."""
+    return UNCERTAINTY_LABELS.get(measure or "", measure or "uncertainty")
+
+
+def uncertainty_node_name(volume_name: str, measure: str | None) -> str:
+    """``"Patient 3 uncertainty (flip variance)"``."""
+    return f"{volume_name} uncertainty ({uncertainty_label(measure)})"
+
+
+def uncertainty_window(array: Any) -> tuple[float, float]:
+    """The colour window of a map: its range, widened to a sliver when the map is constant."""
+    values = np.asarray(array, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    low, high = float(finite.min()), float(finite.max())
+    return (low, high) if high > low else (low, low + max(abs(low) * 1e-6, 1e-6))
+
+
+def show_uncertainty_map(
+    uncertainty: Volume, volume_node: slicer.vtkMRMLVolumeNode, measure: str | None
+) -> slicer.vtkMRMLScalarVolumeNode:
+    """The map as a new volume on ``volume_node``'s grid, in colour over it in the slice views.
+
+    Named after the volume and the measure; colour table :data:`UNCERTAINTY_COLOR_NODE_IDS`,
+    window = the map's range, values under :data:`UNCERTAINTY_HIDDEN_SHARE` of it transparent,
+    foreground opacity :data:`UNCERTAINTY_OPACITY`, the volume itself in the background.
+    """
+    scene = volume_node.GetScene()
+    name = uncertainty_node_name(volume_node.GetName(), measure)
+    node = slicer_bridge.add_volume_on_grid_of(volume_node, uncertainty, name)
+    node.SetAttribute(UNCERTAINTY_MEASURE_ATTRIBUTE, measure or "")
+    low, high = uncertainty_window(uncertainty.array)
+    color_node_id = slicer_bridge.first_node_id(scene, UNCERTAINTY_COLOR_NODE_IDS)
+    if color_node_id is None:
+        log.warning("none of the colour tables %s is loaded; grey", UNCERTAINTY_COLOR_NODE_IDS)
+    slicer_bridge.set_color_display(
+        node, color_node_id, (low, high), hide_below=low + UNCERTAINTY_HIDDEN_SHARE * (high - low)
+    )
+    slicer_bridge.show_in_slice_views(
+        scene, background=volume_node, foreground=node, foreground_opacity=UNCERTAINTY_OPACITY
+    )
+    log.info("%s: %s, range %.4g to %.4g", node.GetName(), color_node_id, low, high)
+    return node
+
+
+def hide_uncertainty_maps(scene: slicer.vtkMRMLScene) -> int:
+    """Take every uncertainty map out of the slice views' foreground (the nodes stay).
+
+    A Segment without *Show uncertainty* does this, so that no map stays drawn over a volume
+    it was not computed for. Returns the number of slice views changed.
+    """
+    maps = slicer_bridge.node_ids_with_attribute(
+        scene, "vtkMRMLScalarVolumeNode", UNCERTAINTY_MEASURE_ATTRIBUTE
+    )
+    return slicer_bridge.remove_from_foreground(scene, maps) if maps else 0
+
+
 def _new_job_folder(parent: Path, prefix: str) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -201,6 +288,15 @@ class Parameters:
     @tta.setter
     def tta(self, value: bool) -> None:
         self._set("TTA", "true" if value else "false")
+
+    @property
+    def show_uncertainty(self) -> bool:
+        """Segment also computes and shows the uncertainty map (off by default)."""
+        return self._get("ShowUncertainty", "false") == "true"
+
+    @show_uncertainty.setter
+    def show_uncertainty(self, value: bool) -> None:
+        self._set("ShowUncertainty", "true" if value else "false")
 
     @property
     def iterations(self) -> int:
@@ -402,7 +498,11 @@ class Task:
 
 
 class SegmentTask(Task):
-    """``dkuxnet predict`` on one volume; the result becomes a segmentation node."""
+    """``dkuxnet predict`` on one volume; the result becomes a segmentation node.
+
+    With ``uncertainty_path`` the child also writes the uncertainty map there; it becomes
+    :attr:`uncertainty_result`, a scalar volume named after :attr:`uncertainty_measure`.
+    """
 
     def __init__(
         self,
@@ -411,6 +511,7 @@ class SegmentTask(Task):
         output_path: Path,
         segmentation_node: slicer.vtkMRMLSegmentationNode | None = None,
         keep_folder: bool = False,
+        uncertainty_path: Path | None = None,
     ) -> None:
         super().__init__(job)
         self.scene = volume_node.GetScene()
@@ -418,10 +519,18 @@ class SegmentTask(Task):
         self.segmentation_node_id = segmentation_node.GetID() if segmentation_node else None
         self.output_path = output_path
         self.keep_folder = keep_folder
+        self.uncertainty_path = uncertainty_path
+        self.uncertainty_measure: str | None = None
         self.result: slicer.vtkMRMLSegmentationNode | None = None
+        self.uncertainty_result: slicer.vtkMRMLScalarVolumeNode | None = None
 
     def cancel(self, grace_s: float = PREDICT_CANCEL_GRACE_S) -> None:
         super().cancel(grace_s)
+
+    def _on_end(self) -> None:
+        super()._on_end()
+        if self.job.state is JobState.FAILED and self.error:
+            self.error = _with_panel_words(self.error)
 
     def _on_event(self, event: dict[str, Any]) -> None:
         kind = event["event"]
@@ -435,6 +544,7 @@ class SegmentTask(Task):
         elif kind == "started":
             self.progress = 0.0
             self.status = f"started on {event.get('device', '?')}"
+            self.uncertainty_measure = event.get("uncertainty") or self.uncertainty_measure
 
     def _on_success(self) -> None:
         volume_node = self.scene.GetNodeByID(self.volume_node_id)
@@ -445,7 +555,16 @@ class SegmentTask(Task):
         )
         label = read_volume(self.output_path, what="prediction")
         self.result = slicer_bridge.import_label(label, volume_node, segmentation_node=target)
+        if self.uncertainty_path is not None:
+            uncertainty = read_volume(self.uncertainty_path, what="uncertainty map")
+            self.uncertainty_result = show_uncertainty_map(
+                uncertainty, volume_node, self.uncertainty_measure
+            )
+        else:
+            hide_uncertainty_maps(self.scene)
         super()._on_success()
+        if self.uncertainty_result is not None:
+            self.status += f"; uncertainty: {self.uncertainty_result.GetName()}"
         if not self.keep_folder:
             shutil.rmtree(self.job.folder, ignore_errors=True)
 
@@ -593,6 +712,162 @@ class EstimateTask(Task):
         super()._on_success()
         self.status = self.result.describe(self.iterations)
         shutil.rmtree(self.job.folder, ignore_errors=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class RankedVolume:
+    """One row of the "Suggest next to label" ranking.
+
+    Attributes:
+        rank: 1 = the volume to label first.
+        node_id: the volume node (it may have been removed since).
+        name: the node's name (as it was when the ranking started, if it is gone).
+        score: mean uncertainty over the predicted foreground and its border; ``inf`` when the
+            model segmented nothing (that volume ranks first).
+        foreground_voxels: voxels the model segmented.
+    """
+
+    rank: int
+    node_id: str
+    name: str
+    score: float
+    foreground_voxels: int
+
+    @property
+    def score_text(self) -> str:
+        return "nothing segmented" if math.isinf(self.score) else f"{self.score:.4g}"
+
+
+class RankTask(Task):
+    """``dkuxnet rank`` on exported volumes; :attr:`ranking` and :attr:`table` once it ends well.
+
+    Args:
+        job: the started job (``--events`` in its folder, ``--output`` = ``csv_path``).
+        scene: the scene of the volumes.
+        csv_path: the ranking the child writes.
+        cases: case name of each exported file -> ``(node ID, node name)``.
+        table_node: returns the table node to fill (the logic reuses one).
+    """
+
+    def __init__(
+        self,
+        job: Job,
+        scene: slicer.vtkMRMLScene,
+        csv_path: Path,
+        cases: dict[str, tuple[str, str]],
+        table_node: Callable[[], slicer.vtkMRMLTableNode],
+    ) -> None:
+        super().__init__(job)
+        self.scene = scene
+        self.csv_path = csv_path
+        self.cases = dict(cases)
+        self.uncertainty_measure: str | None = None
+        self.ranking: list[RankedVolume] = []
+        self.table: slicer.vtkMRMLTableNode | None = None
+        self.status = "ranking…"
+        self._table_node = table_node
+
+    def cancel(self, grace_s: float = PREDICT_CANCEL_GRACE_S) -> None:
+        super().cancel(grace_s)  # nothing to save
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "started":
+            self.progress = 0.0
+            self.uncertainty_measure = event.get("uncertainty")
+            self.status = (
+                f"ranking {event.get('total', '?')} volume(s) by "
+                f"{uncertainty_label(self.uncertainty_measure)} on {event.get('device', '?')}"
+            )
+        elif kind == "progress":
+            done, total = event.get("done"), event.get("total")
+            if isinstance(done, int) and isinstance(total, int) and total > 0:
+                self.progress = min(done / total, 1.0)
+                self.status = f"ranked {done}/{total}: {self._name(str(event.get('case')))}"
+
+    def _on_end(self) -> None:
+        super()._on_end()
+        if self.job.state is JobState.FAILED and self.error:
+            self.error = _with_panel_words(self.error)
+
+    def _on_success(self) -> None:
+        with open(self.csv_path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        ranking = []
+        for row in rows:
+            case = row["case"]
+            if case not in self.cases:
+                raise InputError(f"the ranking names a scan that was not exported: {case!r}")
+            node_id = self.cases[case][0]
+            ranking.append(
+                RankedVolume(
+                    int(row["rank"]),
+                    node_id,
+                    self._name(case),
+                    float(row["score"]),
+                    int(row["foreground_voxels"]),
+                )
+            )
+        self.ranking = sorted(ranking, key=lambda r: r.rank)
+        self.table = self._table_node()
+        fill_ranking_table(self.table, self.ranking, self.uncertainty_measure)
+        super()._on_success()
+        first = self.ranking[0].name if self.ranking else "?"
+        self.status = (
+            f"{len(self.ranking)} volume(s) ranked by {uncertainty_label(self.uncertainty_measure)}"
+            f" over the predicted foreground and its border; label {first} next"
+        )
+        shutil.rmtree(self.job.folder, ignore_errors=True)
+
+    def _name(self, case: str) -> str:
+        """The volume's current name (its name at the start when it was removed)."""
+        node_id, name = self.cases.get(case, ("", case))
+        node = self.scene.GetNodeByID(node_id) if node_id else None
+        return node.GetName() if node is not None else name
+
+
+RANKING_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("rank", "int"),
+    ("volume", "string"),
+    ("score", "double"),
+    ("foreground voxels", "int"),
+)
+
+
+def fill_ranking_table(
+    table: slicer.vtkMRMLTableNode, ranking: Sequence[RankedVolume], measure: str | None
+) -> None:
+    """Replace the table's contents with the ranking, one row per volume in rank order.
+
+    Columns :data:`RANKING_COLUMNS`; the score column's title names the measure, e.g.
+    ``score (flip variance)``, and so does the attribute :data:`UNCERTAINTY_MEASURE_ATTRIBUTE`.
+    """
+    was_modifying = table.StartModify()
+    table.RemoveAllColumns()
+    arrays = {"int": vtk.vtkIntArray, "string": vtk.vtkStringArray, "double": vtk.vtkDoubleArray}
+    columns = {}
+    for name, kind in RANKING_COLUMNS:
+        column = arrays[kind]()
+        column.SetName(name)
+        table.AddColumn(column)
+        columns[name] = column
+    for row in ranking:
+        columns["rank"].InsertNextValue(row.rank)
+        columns["volume"].InsertNextValue(row.name)
+        columns["score"].InsertNextValue(row.score)
+        columns["foreground voxels"].InsertNextValue(row.foreground_voxels)
+    table.SetColumnTitle("score", f"score ({uncertainty_label(measure)})")
+    table.SetUseColumnTitleAsColumnHeader(True)
+    table.SetAttribute(UNCERTAINTY_MEASURE_ATTRIBUTE, measure or "")
+    table.GetTable().Modified()
+    table.EndModify(was_modifying)
+
+
+def _with_panel_words(error: str) -> str:
+    """The child's message, with its command-line option named as the panel names it."""
+    if "--tta" in error:
+        error += "\nIn this panel, --tta is the 'Test-time augmentation' check box."
+    return error
 
 
 def _command_error(log_text: str) -> str | None:
@@ -760,6 +1035,7 @@ class DKUXNetLogic:
         )
         # the last measurement per (model, device, settings): see cached_estimate()
         self._estimates: dict[tuple[str, str, tuple[str, ...]], TimeEstimate] = {}
+        self._ranking_table_id: str | None = None  # one table for every ranking
 
     # Segment
     def start_segment(
@@ -770,23 +1046,79 @@ class DKUXNetLogic:
         tta: bool = False,
         segmentation_node: slicer.vtkMRMLSegmentationNode | None = None,
         keep_folder: bool = False,
+        uncertainty: bool = False,
     ) -> SegmentTask:
         """Export the volume and start ``dkuxnet predict`` on it; returns the running task.
 
         ``segmentation_node=None`` makes a new segmentation; a node is replaced (its
-        left-atrium segment), which only happens when the user chose it.
+        left-atrium segment), which only happens when the user chose it. ``uncertainty``
+        also writes the uncertainty map (the measure ``auto`` stands for: entropy for a dual
+        model, flip variance for one network with ``tta``; one network without ``tta`` is
+        refused by the child) and shows it as a new volume over the input.
         """
         _check_device(device)
         folder = _new_job_folder(self.jobs_dir, "segment")
         input_path = folder / "input.nrrd"
         write_volume(slicer_bridge.volume_from_node(volume_node), input_path)
         output_path = folder / "prediction.nrrd"
+        uncertainty_path = folder / "uncertainty.nrrd" if uncertainty else None
         args = ["predict", "--model", str(model), "--input", str(input_path)]
         args += ["--output", str(output_path), "--device", device, "--events"]
         args += [str(folder / EVENTS_FILE)] + (["--tta"] if tta else [])
+        if uncertainty_path is not None:
+            args += ["--uncertainty", str(uncertainty_path)]
         config = {"task": "segment", "volume": volume_node.GetName(), "model": str(model)}
         job = Job(folder, self.command_factory(args), config=config).start()
-        return SegmentTask(job, volume_node, output_path, segmentation_node, keep_folder)
+        return SegmentTask(
+            job, volume_node, output_path, segmentation_node, keep_folder, uncertainty_path
+        )
+
+    # Suggest next to label
+    def start_rank(
+        self,
+        volumes: Sequence[slicer.vtkMRMLVolumeNode],
+        model: str | Path,
+        device: str = "auto",
+        tta: bool = False,
+    ) -> RankTask:
+        """Export the volumes and start ``dkuxnet rank`` on them; returns the running task.
+
+        The volumes are the Fine-tune panel's unlabeled ones; the model is the one Segment uses
+        (a single network needs ``tta``, as for the uncertainty map). The task's ranking fills
+        one table node, reused by later rankings (:meth:`ranking_table`).
+
+        Raises:
+            InputError: no volumes, or a bad device.
+        """
+        _check_device(device)
+        nodes = list({node.GetID(): node for node in volumes if node is not None}.values())
+        if not nodes:
+            raise InputError(
+                "no unlabeled volumes to rank: add the scans you could label next under "
+                "Unlabeled volume in the Fine-tune section first"
+            )
+        folder = _new_job_folder(self.jobs_dir, "rank")
+        cases: dict[str, tuple[str, str]] = {}
+        for i, node in enumerate(nodes):
+            case = f"scan_{i:03d}"  # the file name: node names need not be unique or valid
+            write_volume(slicer_bridge.volume_from_node(node), folder / "scans" / f"{case}.nrrd")
+            cases[case] = (node.GetID(), node.GetName())
+        csv_path = folder / "ranking.csv"
+        args = ["rank", "--model", str(model), "--input", str(folder / "scans")]
+        args += ["--output", str(csv_path), "--device", device]
+        args += ["--events", str(folder / EVENTS_FILE)] + (["--tta"] if tta else [])
+        config = {"task": "rank", "volumes": [n.GetName() for n in nodes], "model": str(model)}
+        job = Job(folder, self.command_factory(args), config=config).start()
+        return RankTask(job, self.scene, csv_path, cases, self.ranking_table)
+
+    def ranking_table(self) -> slicer.vtkMRMLTableNode:
+        """The table node rankings are written to: the last one while it is in the scene."""
+        node = self.scene.GetNodeByID(self._ranking_table_id) if self._ranking_table_id else None
+        if node is None:
+            name = self.scene.GenerateUniqueName(RANKING_TABLE_NAME)
+            node = self.scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+            self._ranking_table_id = node.GetID()
+        return node
 
     # Fine-tune
     def start_fine_tune(

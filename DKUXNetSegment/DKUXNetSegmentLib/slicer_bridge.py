@@ -13,6 +13,10 @@ NRRD files as SimpleITK reads them) uses LPS: ``origin`` (x, y, z), ``spacing`` 
 This module is the one place where that conversion happens (:func:`ijk_to_ras_from_volume`
 and :func:`volume_geometry_from_ijk_to_ras`). Arrays are (k, j, i) = (z, y, x) on both sides.
 
+Maps computed on a volume's grid (the uncertainty map) become new scalar volumes on that exact
+grid (:func:`add_volume_on_grid_of`), shown in colour over the image (:func:`set_color_display`,
+:func:`show_in_slice_views`).
+
 Parent transforms are not hardened: a volume under a transform yields its local geometry (what
 the child process sees), and a label computed on that grid is imported from under the same
 transform, so it lands on the volume wherever the transform puts it. A new segmentation is placed
@@ -22,7 +26,7 @@ under the volume's transform; an existing one keeps its own, and Slicer maps the
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import slicer
@@ -69,6 +73,15 @@ def _ijk_to_ras_of(node: slicer.vtkMRMLVolumeNode) -> np.ndarray:
     return slicer.util.arrayFromVTKMatrix(vtk_matrix)
 
 
+def _grid_of(node: slicer.vtkMRMLVolumeNode) -> Volume:
+    """The node's grid as a ``Volume`` whose array is a view of the node's voxels (no copy)."""
+    if node.GetImageData() is None:
+        raise ValueError(f"volume node {node.GetName()!r} has no image")
+    spacing, origin, direction = volume_geometry_from_ijk_to_ras(_ijk_to_ras_of(node))
+    array = slicer.util.arrayFromVolume(node)
+    return Volume(array=array, spacing=spacing, origin=origin, direction=direction)
+
+
 # ---------------------------------------------------------------------------------- volumes
 def volume_from_node(node: slicer.vtkMRMLVolumeNode) -> Volume:
     """A copy of a scalar or labelmap volume node's voxels and geometry."""
@@ -103,6 +116,126 @@ def add_volume_node(
     if display:
         node.CreateDefaultDisplayNodes()
     return node
+
+
+# ---------------------------------------------------------------------------------- overlays
+def add_volume_on_grid_of(
+    reference_node: slicer.vtkMRMLVolumeNode, volume: Volume, name: str
+) -> slicer.vtkMRMLScalarVolumeNode:
+    """A new scalar volume with ``volume``'s voxels on the exact grid of ``reference_node``.
+
+    For maps the child computed on the volume's exported grid (an uncertainty map): the voxels
+    come from ``volume``, the IJK->RAS matrix is copied from ``reference_node`` (no round trip
+    through a file header) and the node goes under the reference's parent transform, so the
+    map lies on the volume wherever the transform puts it. The name is made unique.
+
+    Raises:
+        ValueError: ``volume`` is not on the reference's grid (size, spacing, origin or
+            direction differ beyond :data:`dkuxnet.io.GEOMETRY_TOLERANCE`).
+    """
+    differences = volume.geometry_differences(_grid_of(reference_node))
+    if differences:
+        raise ValueError(
+            f"the map is not on the grid of {reference_node.GetName()!r}: " + "; ".join(differences)
+        )
+    scene = reference_node.GetScene()
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(volume.array))
+    matrix = vtk.vtkMatrix4x4()
+    reference_node.GetIJKToRASMatrix(matrix)
+    node.SetIJKToRASMatrix(matrix)
+    node.SetAndObserveTransformNodeID(reference_node.GetTransformNodeID())
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def first_node_id(scene: slicer.vtkMRMLScene, node_ids: Sequence[str]) -> str | None:
+    """The first of ``node_ids`` that the scene holds (colour tables differ between the
+    application and ``slicer-core``), or ``None``."""
+    return next((i for i in node_ids if scene.GetNodeByID(i) is not None), None)
+
+
+def set_color_display(
+    node: slicer.vtkMRMLScalarVolumeNode,
+    color_node_id: str | None,
+    window: tuple[float, float],
+    hide_below: float | None = None,
+) -> None:
+    """Show a scalar map in colour: a colour table, a fixed window and transparent low values.
+
+    Args:
+        node: the volume (with its display node).
+        color_node_id: the colour table; ``None`` keeps the default (grey).
+        window: the values at the two ends of the colour table, ``(low, high)``.
+        hide_below: voxels below this value are transparent in the slice views (the
+            display node's lower threshold); ``None`` shows every voxel.
+    """
+    display = node.GetDisplayNode()
+    if display is None:
+        node.CreateDefaultDisplayNodes()
+        display = node.GetDisplayNode()
+    was_modifying = display.StartModify()
+    if color_node_id is not None:
+        display.SetAndObserveColorNodeID(color_node_id)
+    display.SetAutoWindowLevel(False)
+    display.SetWindowLevelMinMax(*window)
+    display.SetAutoThreshold(False)
+    display.SetApplyThreshold(hide_below is not None)
+    if hide_below is not None:
+        display.SetThreshold(hide_below, max(window[1], hide_below) + 1.0)
+    display.EndModify(was_modifying)
+
+
+def show_in_slice_views(
+    scene: slicer.vtkMRMLScene,
+    background: slicer.vtkMRMLVolumeNode | None = None,
+    foreground: slicer.vtkMRMLVolumeNode | None = None,
+    foreground_opacity: float | None = None,
+) -> int:
+    """Put volumes into the background / foreground layer of every slice view.
+
+    Works on the views' composite nodes, so it needs no application (a scene without views has
+    none: nothing happens). Layers passed as ``None`` are left as they are.
+
+    Returns:
+        The number of slice views changed.
+    """
+    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+    for i in range(composites.GetNumberOfItems()):
+        composite = composites.GetItemAsObject(i)
+        if background is not None:
+            composite.SetBackgroundVolumeID(background.GetID())
+        if foreground is not None:
+            composite.SetForegroundVolumeID(foreground.GetID())
+        if foreground_opacity is not None:
+            composite.SetForegroundOpacity(foreground_opacity)
+    return int(composites.GetNumberOfItems())
+
+
+def remove_from_foreground(scene: slicer.vtkMRMLScene, node_ids: Sequence[str]) -> int:
+    """Empty the foreground layer of every slice view that shows one of ``node_ids``.
+
+    Returns:
+        The number of slice views changed.
+    """
+    wanted = set(node_ids)
+    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+    changed = 0
+    for i in range(composites.GetNumberOfItems()):
+        composite = composites.GetItemAsObject(i)
+        if composite.GetForegroundVolumeID() in wanted:
+            composite.SetForegroundVolumeID(None)
+            changed += 1
+    return changed
+
+
+def node_ids_with_attribute(
+    scene: slicer.vtkMRMLScene, class_name: str, attribute: str
+) -> list[str]:
+    """The IDs of the nodes of ``class_name`` that have ``attribute`` set."""
+    nodes = scene.GetNodesByClass(class_name)
+    found = (nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems()))
+    return [node.GetID() for node in found if node.GetAttribute(attribute) is not None]
 
 
 # ---------------------------------------------------------------------------------- segmentations

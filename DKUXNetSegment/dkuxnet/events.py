@@ -5,7 +5,8 @@ Every line of ``events.jsonl`` is one JSON object with at least ``"event"`` (the
 
 ===============  ==========================================================================
 ``started``      ``job`` (train|predict|...), ``total`` (iterations or cases), ``device``,
-                 ``resumed_from`` (iteration, 0 for a new run), free ``message`` for humans
+                 ``resumed_from`` (iteration, 0 for a new run), free ``message`` for humans;
+                 predict and rank also ``uncertainty`` (the measure of the maps, or null)
 ``iteration``    ``iteration``, ``total``, ``losses`` (name -> float), ``lr``, ``it_per_s``
 ``validation``   ``iteration``, ``dice`` (case -> float), ``mean_dice``, ``best``
 ``checkpoint``   ``iteration``, ``path``, ``kind`` (last|best)

@@ -274,6 +274,7 @@ def _predict_all(args: argparse.Namespace, emit: Any) -> None:
         total=len(jobs),
         device=str(predictor.device),
         resumed_from=0,
+        uncertainty=predictor.uncertainty,
         message=f"predicting {len(jobs)} image(s) with {model}",
     )
     start = time.perf_counter()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_precision_argument(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument(
+        "--events",
+        help="append progress events (JSON lines) to this file: started (with the measure), "
+        "one progress per scan, finished",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    from dkuxnet.events import EventWriter
+
+    events = EventWriter(args.events) if args.events else None
+
+    def emit(kind: str, **fields: Any) -> None:
+        if events is not None:
+            events.emit(kind, **fields)
+
+    try:
+        _rank(args, emit)
+    except KeyboardInterrupt:
+        emit("finished", status="cancelled", error=None)
+        raise
+    except Exception as exc:
+        emit("finished", status="failed", error=str(exc) or type(exc).__name__)
+        raise
+    emit("finished", status="completed", error=None)
+    return 0
+
+
+def _rank(args: argparse.Namespace, emit: Callable[..., None]) -> None:
     from tqdm import tqdm
 
     from dkuxnet.commands.predict import resolve_model
@@ -92,17 +119,28 @@ def run(args: argparse.Namespace) -> int:
     }
     predictor = Predictor.from_checkpoint(resolve_model(args.model), args.device, **overrides)
     measure = predictor.uncertainty or "?"
+    description = UNCERTAINTY_DESCRIPTIONS.get(measure, measure)
     log.info(
         "ranking %d scan(s) by %s, over the predicted foreground + %d voxel(s)",
         len(scans),
-        UNCERTAINTY_DESCRIPTIONS.get(measure, measure),
+        description,
         border,
+    )
+    emit(
+        "started",
+        job="rank",
+        total=len(scans),
+        device=str(predictor.device),
+        resumed_from=0,
+        uncertainty=predictor.uncertainty,
+        message=f"ranking {len(scans)} scan(s) by {description}",
     )
     with tqdm(total=len(scans), desc="scans", unit="scan", disable=None, file=sys.stderr) as bar:
 
         def progress(done: int, total: int, case: str) -> None:
             bar.set_postfix_str(case)
             bar.update(done - bar.n)
+            emit("progress", stage="ranking", done=done, total=total, case=case)
 
         scores = rank_scans(predictor, scans, border_voxels=border, progress=progress)
     print(f"uncertainty: {measure} (mean over the predicted foreground + {border} voxels)")
@@ -110,4 +148,4 @@ def run(args: argparse.Namespace) -> int:
     if output is not None:
         write_ranking_csv(scores, output)
         log.info("wrote %s", output)
-    return 0
+        emit("output", path=str(output), case="ranking")
