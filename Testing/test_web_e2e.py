@@ -91,15 +91,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _model(tmp_path: Path) -> tuple[Path, tuple[int, int, int]]:
-    """The checkpoint and phantom shape of this run: tiny by default, see the docstring."""
+def _model(tmp_path: Path) -> tuple[Path | None, tuple[int, int, int]]:
+    """The checkpoint (``None``: the page's default, the bundled model) and the phantom shape
+    of this run: a tiny model by default, see the docstring."""
     if os.environ.get("DKUXNET_WEB_MODEL") == "bundled":
         from dkuxnet.resources import default_model_path
 
-        bundled = default_model_path()
-        if bundled is None:
+        if default_model_path() is None:
             pytest.skip("this installation has no bundled model")
-        return bundled, (64, 64, 64)
+        return None, (64, 64, 64)
     sys.path.insert(0, str(HERE))
     from tiny import save_random_checkpoint, tiny_model_config
 
@@ -119,7 +119,7 @@ def server(requirements, tmp_path: Path) -> Iterator[dict[str, Any]]:
     port = _free_port()
     log_path = tmp_path / "server.log"
     command = [sys.executable, "-m", "dkuxnet", "web", "--port", str(port), "--data", str(data)]
-    command += ["--model", str(model), "--device", "cpu"]
+    command += ["--device", "cpu"] + (["--model", str(model)] if model else [])
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
