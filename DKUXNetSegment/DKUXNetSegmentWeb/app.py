@@ -427,7 +427,11 @@ def serve(
     os.environ["TRAME_ARGS"] = "--server"
     app = DKUXNetWebApp(folder, model=model_path, device=device)
     log.info("data folder: %s", folder.root)
-    log.info("DKUXNet web page: http://%s:%d/  (Ctrl+C stops it)", host, port)
+
+    def announce(**_: Any) -> None:  # the real port, also when 0 asked for any free one
+        log.info("DKUXNet web page: http://%s:%d/  (Ctrl+C stops it)", host, app.server.port)
+
+    app.ctrl.on_server_ready.add(announce)
     app.server.start(
         host=host, port=port, open_browser=False, show_connection_info=False, timeout=0
     )
