@@ -232,3 +232,12 @@ def test_fine_tune_progress_curves_adopt_then_cancel_and_resume(session, monkeyp
     assert resumed.iteration == 30
     with pytest.raises(InputError, match="no stopped fine-tuning run"):
         session.resume_fine_tune()
+
+
+def test_a_volume_removed_while_segmenting_is_a_message(session, monkeypatch) -> None:
+    monkeypatch.setenv("FAKE_DKUXNET_SLEEP", "0.3")
+    node = session.load_volume("case0.nrrd")
+    task = session.segment()
+    session.scene.RemoveNode(node)
+    assert wait(session, task) is JobState.FAILED
+    assert "removed" in session.message and session.view_state()["can_save"] is False

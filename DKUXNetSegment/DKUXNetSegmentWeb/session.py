@@ -354,15 +354,22 @@ class WebSession:
 
     # ------------------------------------------------------------------ the timer
     def poll(self) -> None:
-        """Read the running jobs' new events; act on the ones that just ended."""
-        if (segment := _active(self.segment_task)) is not None:
-            segment.poll()
-            if segment.state.is_final:
-                self._segment_finished(segment)
-        if (fine_tune := _active(self.fine_tune_task)) is not None:
-            fine_tune.poll()
-            if fine_tune.state.is_final:
-                self._fine_tune_finished(fine_tune)
+        """Read the running jobs' new events; act on the ones that just ended.
+
+        A problem the user can fix while a job ends (e.g. its volume was removed) becomes
+        :attr:`message`, like the errors of the buttons.
+        """
+        try:
+            if (segment := _active(self.segment_task)) is not None:
+                segment.poll()
+                if segment.state.is_final:
+                    self._segment_finished(segment)
+            if (fine_tune := _active(self.fine_tune_task)) is not None:
+                fine_tune.poll()
+                if fine_tune.state.is_final:
+                    self._fine_tune_finished(fine_tune)
+        except InputError as exc:
+            self.message = str(exc)
         if (estimate := _active(self.estimate_task)) is not None:
             estimate.poll()
 
