@@ -73,6 +73,7 @@ from dkuxnet.data import normalize_image
 from dkuxnet.device import autocast_dtype, resolve_device
 from dkuxnet.errors import CheckpointError, ConfigError, InputError
 from dkuxnet.io import Volume
+from dkuxnet.orientation import to_canonical
 
 log = logging.getLogger(__name__)
 
@@ -548,8 +549,32 @@ class Predictor:
         Returns:
             A :class:`PredictionResult` on the input grid; it has an uncertainty map when the
             predictor was built with ``uncertainty``. Outside the foreground crop (constant
-            padding, never segmented) the probability and the uncertainty are 0.
+            padding, never segmented) the probability and the uncertainty are 0. A volume stored
+            in another voxel order is predicted in the canonical one and mapped back exactly
+            (:mod:`dkuxnet.orientation`).
         """
+        canonical, back = to_canonical(volume)
+        if canonical is not volume:  # the network sees one voxel order (dkuxnet.orientation)
+            log.debug("reoriented %s to the canonical voxel order", volume.size)
+            result = self._predict_cropped(canonical, progress, probabilities)
+
+            def restored(part: Volume | None) -> Volume | None:
+                return None if part is None else volume.with_array(back(part.array))
+
+            label = restored(result.label)
+            assert label is not None
+            return PredictionResult(
+                label=label,
+                probabilities=restored(result.probabilities),
+                uncertainty=restored(result.uncertainty),
+                uncertainty_measure=result.uncertainty_measure,
+            )
+        return self._predict_cropped(volume, progress, probabilities)
+
+    def _predict_cropped(
+        self, volume: Volume, progress: ProgressCallback | None, probabilities: bool
+    ) -> PredictionResult:
+        """Predict inside the foreground box (``inference.crop_foreground``), zero outside."""
         box = foreground_box(volume.array) if self.config.inference.crop_foreground else None
         if box is None:
             return self._predict_on_grid(volume, progress, probabilities)

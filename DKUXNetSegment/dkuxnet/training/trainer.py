@@ -102,13 +102,15 @@ def resample_cases(cases: Sequence[Case], spacing: Sequence[float], cache: Path)
     """Cases resampled to ``spacing`` mm (x, y, z), written once into ``cache``.
 
     Used when ``data.target_spacing`` is set, so that training sees what the predictor feeds
-    the network (it resamples inputs to the same spacing). Images are resampled linearly,
-    labels by nearest neighbour; a case already at the spacing is used as it is.
+    the network (it resamples inputs to the same spacing, in the canonical voxel order of
+    :mod:`dkuxnet.orientation`, as done here too). Images are resampled linearly, labels by
+    nearest neighbour; a canonical case already at the spacing is used as it is.
     """
     import SimpleITK as sitk
 
     from dkuxnet.inference.predictor import resample_to_spacing
     from dkuxnet.io import read_volume, write_volume
+    from dkuxnet.orientation import is_canonical, to_canonical
 
     out = []
     for case in cases:
@@ -118,17 +120,17 @@ def resample_cases(cases: Sequence[Case], spacing: Sequence[float], cache: Path)
             out.append(Case(case.name, image_path, label_path))  # resampled by an earlier start
             continue
         image = read_volume(case.image)
-        if np.allclose(image.spacing, spacing, rtol=1e-4):
+        if is_canonical(image) and np.allclose(image.spacing, spacing, rtol=1e-4):
             out.append(case)
             continue
         write_volume(
-            resample_to_spacing(image, spacing, interpolator=sitk.sitkLinear),
+            resample_to_spacing(to_canonical(image)[0], spacing, interpolator=sitk.sitkLinear),
             image_path,
             overwrite=True,
         )
         if case.label is not None and label_path is not None:
             label = resample_to_spacing(
-                read_volume(case.label, what="label"),
+                to_canonical(read_volume(case.label, what="label"))[0],
                 spacing,
                 interpolator=sitk.sitkNearestNeighbor,
             )
