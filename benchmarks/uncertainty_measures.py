@@ -2,6 +2,11 @@
 
     python benchmarks/uncertainty_measures.py [--model CHECKPOINT] [--iterations 40]
                                               [--per-condition 10] [--shape 24 40 40]
+    python benchmarks/uncertainty_measures.py --model RUN --data DECATHLON_FOLDER [--json OUT]
+
+With ``--data`` the test list of a real dataset is scored instead of phantoms (the README's
+real-LA figures: the dual checkpoint of the 8-labeled learning check on the 20 test scans);
+a single-network model is scored with its flip-variance map (test-time augmentation).
 
 Without ``--model`` a tiny dual model is trained on clean phantoms first (3 labeled + 2
 unlabeled, fp32). New phantoms are then drawn in four conditions: clean, noisy, low-contrast
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -39,6 +45,7 @@ from dkuxnet.config import ModelConfig, TrainConfig
 from dkuxnet.data import load_dataset
 from dkuxnet.inference import Predictor
 from dkuxnet.inference.ranking import region_score
+from dkuxnet.io import read_label, read_volume
 from dkuxnet.metrics import case_metrics
 from dkuxnet.synthetic import SETTINGS, make_phantom, write_synthetic_dataset
 from dkuxnet.training import Trainer
@@ -99,54 +106,131 @@ def candidate_maps(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="a dual checkpoint or run folder (default: train one)")
-    parser.add_argument("--iterations", type=int, default=40)
-    parser.add_argument("--per-condition", type=int, default=10)
-    parser.add_argument("--shape", type=int, nargs=3, default=(24, 40, 40))
-    args = parser.parse_args()
-    shape = tuple(args.shape)
-    work = Path(tempfile.mkdtemp(prefix="uncertainty_measures_"))
-    model = Path(args.model) if args.model else train_tiny(args.iterations, shape, work)  # type: ignore[arg-type]
+def voxel_auroc(u: np.ndarray, wrong: np.ndarray) -> float | None:
+    """P(uncertainty of a wrong voxel > that of a right one); ``None`` without both kinds."""
+    if not wrong.any() or wrong.all():
+        return None
+    statistic = stats.mannwhitneyu(u[wrong], u[~wrong]).statistic
+    return float(statistic) / (float(wrong.sum()) * float((~wrong).sum()))
+
+
+def score_row(
+    pred: np.ndarray, truth: np.ndarray, maps: dict[str, np.ndarray], **fields: object
+) -> dict[str, object]:
+    """Dice of ``pred``, and per map: the three scan scores and the voxel AUROC."""
+    wrong = pred != truth
+    row: dict[str, object] = {**fields, "dice": case_metrics(pred, truth)["dice"]}
+    for name, u in maps.items():
+        row[f"{name}/fg+3"] = region_score(pred, u, 3)
+        row[f"{name}/fg"] = region_score(pred, u, 0)
+        row[f"{name}/whole"] = float(u.mean())
+        auroc = voxel_auroc(u, wrong)
+        if auroc is not None:
+            row[f"{name}/auroc"] = auroc
+    return row
+
+
+def phantom_rows(model: Path, shape: tuple[int, int, int], per_condition: int) -> list[dict]:
     nets = {n: Predictor.from_checkpoint(model, "cpu", networks_choice=n) for n in "ab"}
     rows = []
     for condition, settings in CONDITIONS.items():
-        for k in range(args.per_condition):
+        for k in range(per_condition):
             image, label = make_phantom(shape, seed=40 + k, settings=settings)  # type: ignore[arg-type]
             a = 1 - nets["a"].predict_probabilities(image.array)[0]
             b = 1 - nets["b"].predict_probabilities(image.array)[0]
             pred = ((a + b) / 2 > 0.5).astype(np.uint8)
-            wrong = pred != label.array
-            row: dict[str, object] = {
-                "condition": condition,
-                "dice": case_metrics(pred, label.array)["dice"],
-            }
-            for name, u in candidate_maps(a, b).items():
-                row[f"{name}/fg+3"] = region_score(pred, u, 3)
-                row[f"{name}/fg"] = region_score(pred, u, 0)
-                row[f"{name}/whole"] = float(u.mean())
-                if wrong.any() and (~wrong).any():
-                    u_stat = stats.mannwhitneyu(u[wrong], u[~wrong]).statistic
-                    row[f"{name}/auroc"] = float(u_stat) / (wrong.sum() * (~wrong).sum())
-            rows.append(row)
-            print(f"{condition:13s} {k}  Dice {row['dice']:.3f}", file=sys.stderr, flush=True)
+            rows.append(score_row(pred, label.array, candidate_maps(a, b), condition=condition))
+            print(f"{condition:13s} {k}  Dice {rows[-1]['dice']:.3f}", file=sys.stderr, flush=True)
+    return rows
+
+
+def scan_rows(model: Path, data: Path, precision: str) -> list[dict]:
+    """Rows for the test list of a decathlon folder, as a user gets them (``predict_volume``).
+
+    The prediction scored is the default one (both networks, largest component); a dual model's
+    four maps come from its two networks' foreground probabilities on the input grid, a
+    single-network model's one map is the predictor's flip variance (test-time augmentation).
+    """
+    record_networks = len(Predictor.from_checkpoint(model, "cpu", amp=precision).networks)
+    rows = []
+    cases = load_dataset(data).test
+    if record_networks == 2:
+        user = Predictor.from_checkpoint(model, "cpu", amp=precision)
+        nets = {
+            n: Predictor.from_checkpoint(model, "cpu", networks_choice=n, amp=precision)
+            for n in "ab"
+        }
+    else:
+        user = Predictor.from_checkpoint(
+            model, "cpu", amp=precision, tta=True, uncertainty="flip-variance"
+        )
+    for done, case in enumerate(cases, start=1):
+        image = read_volume(case.image)
+        assert case.label is not None
+        truth = read_label(case.label, reference=image).array
+        result = user.predict_volume(image)
+        if record_networks == 2:
+            a, b = (nets[n].predict_volume(image, probabilities=True).probabilities for n in "ab")
+            assert a is not None and b is not None
+            maps = candidate_maps(a.array, b.array)
+        else:
+            assert result.uncertainty is not None
+            maps = {"flip-variance": result.uncertainty.array}
+        rows.append(score_row(result.label.array, truth, maps, case=case.name))
+        print(f"{done:3d}/{len(cases)} {case.name}  Dice {rows[-1]['dice']:.4f}", file=sys.stderr)
+    return rows
+
+
+def report(rows: list[dict]) -> None:
     dice = np.array([r["dice"] for r in rows], dtype=float)
-    clean = np.array([r["condition"] == "clean" for r in rows])
-    print(f"{'map':11s} {'voxel AUROC':>11s}")
-    for name in ("absdiff", "symkl", "entropy", "mutualinfo"):
-        aurocs = [float(r[f"{name}/auroc"]) for r in rows if f"{name}/auroc" in r]  # type: ignore[arg-type]
-        print(f"{name:11s} {np.mean(aurocs):11.3f}")
-    print(
-        f"\n{'scan score':18s} {'Spearman(1-Dice)':>16s} {'separation':>10s} {'P(hard>clean)':>13s}"
-    )
+    names = sorted({k.split("/")[0] for r in rows for k in r if "/" in k})
+    print(f"{'map':13s} {'voxel AUROC':>11s} {'sd':>6s}")
+    for name in names:
+        aurocs = [float(r[f"{name}/auroc"]) for r in rows if f"{name}/auroc" in r]
+        print(f"{name:13s} {np.mean(aurocs):11.3f} {np.std(aurocs):6.3f}")
+    conditions = "condition" in rows[0]
+    clean = np.array([r.get("condition") == "clean" for r in rows])
+    header = f"\n{'scan score':20s} {'Spearman(1-Dice)':>16s}"
+    print(header + (f" {'separation':>10s} {'P(hard>clean)':>13s}" if conditions else ""))
     for key in (k for k in rows[0] if "/" in k and not k.endswith("auroc")):
         v = np.array([r[key] for r in rows], dtype=float)
         rho = stats.spearmanr(v, 1 - dice).statistic
-        hard, easy = v[~clean], v[clean]
-        sep = (hard.mean() - easy.mean()) / np.sqrt(0.5 * (hard.var() + easy.var()))
-        p_hard = np.mean([x > y for x in hard for y in easy])
-        print(f"{key:18s} {rho:16.3f} {sep:10.2f} {p_hard:13.3f}")
+        line = f"{key:20s} {rho:16.3f}"
+        if conditions:
+            hard, easy = v[~clean], v[clean]
+            sep = (hard.mean() - easy.mean()) / np.sqrt(0.5 * (hard.var() + easy.var()))
+            p_hard = np.mean([x > y for x in hard for y in easy])
+            line += f" {sep:10.2f} {p_hard:13.3f}"
+        print(line)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="a dual checkpoint or run folder (default: train one)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="score the test list of this decathlon folder (real scans) instead of phantoms; "
+        "needs --model",
+    )
+    parser.add_argument("--precision", default="off", help="inference precision for --data")
+    parser.add_argument("--json", type=Path, help="also write the per-case rows here")
+    parser.add_argument("--iterations", type=int, default=40)
+    parser.add_argument("--per-condition", type=int, default=10)
+    parser.add_argument("--shape", type=int, nargs=3, default=(24, 40, 40))
+    args = parser.parse_args()
+    if args.data is not None:
+        if not args.model:
+            parser.error("--data needs --model")
+        rows = scan_rows(Path(args.model), args.data, args.precision)
+    else:
+        shape = tuple(args.shape)
+        work = Path(tempfile.mkdtemp(prefix="uncertainty_measures_"))
+        model = Path(args.model) if args.model else train_tiny(args.iterations, shape, work)  # type: ignore[arg-type]
+        rows = phantom_rows(model, shape, args.per_condition)  # type: ignore[arg-type]
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    report(rows)
     return 0
 
 
