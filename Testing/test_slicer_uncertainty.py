@@ -334,7 +334,7 @@ def expected_ranking(checkpoint: Path, volumes) -> list[tuple[str, float]]:
     """Each volume scored in this process, as `dkuxnet rank` scores the exported file."""
     from dkuxnet.inference import Predictor, region_score
 
-    predictor = Predictor.from_checkpoint(checkpoint, "cpu", uncertainty="auto")
+    predictor = Predictor.from_checkpoint(checkpoint, "cpu", uncertainty="disagreement")
     scored = []
     for node in volumes:
         result = predictor.predict_volume(bridge.volume_from_node(node))
@@ -347,9 +347,9 @@ def expected_ranking(checkpoint: Path, volumes) -> list[tuple[str, float]]:
 def test_suggest_next_ranks_the_unlabeled_volumes_into_a_table(
     scene, tmp_path: Path, one_thread
 ) -> None:
-    # Seed 4: the random dual model scores these scans 0.946, 0.924 and 0.960 (entropy, fg +
-    # 3 voxels), apart far beyond the numeric noise between two processes, and not in input
-    # order. An untrained model's scores say nothing about the scans; the order is the test.
+    # Seed 4: the random dual model scores these scans 0.073, 0.080 and 0.092 (disagreement,
+    # the ranking default for a dual model; fg + 3 voxels), apart far beyond the numeric noise
+    # between two processes, and not in input order. An untrained model's scores say nothing about the scans; the order is the test.
     checkpoint = tiny_checkpoint(tmp_path / "dual.pt", networks=2, seed=4)
     volumes = [  # one with its blob buried in noise
         oblique_volume_under_transform(scene, name, seed=seed, noise=noise)
@@ -366,13 +366,13 @@ def test_suggest_next_ranks_the_unlabeled_volumes_into_a_table(
     events = [e["event"] for e in task.job.events]
     assert events[0] == "started" and events[-1] == "finished"
     assert events.count("progress") == 3 and task.progress == 1.0
-    assert task.uncertainty_measure == "entropy"  # a dual model
+    assert task.uncertainty_measure == "disagreement"  # a dual model's ranking default
 
     expected = expected_ranking(checkpoint, volumes)
     gaps = [a[1] - b[1] for a, b in zip(expected, expected[1:], strict=False)]
     assert min(gaps) > 1e-3, expected  # a clear order to check (see the seed above)
     assert [r.name for r in task.ranking] == [name for name, _ in expected]
-    assert [r.name for r in task.ranking] == ["Scan C", "Scan A renamed", "Scan B"]
+    assert [r.name for r in task.ranking] == ["Scan C", "Scan B", "Scan A renamed"]
     assert [r.rank for r in task.ranking] == [1, 2, 3]
     for row, (_, score) in zip(task.ranking, expected, strict=True):
         assert row.score == pytest.approx(score, rel=1e-4, abs=1e-7)
@@ -388,8 +388,8 @@ def test_suggest_next_ranks_the_unlabeled_volumes_into_a_table(
     assert [table.GetCellText(i, 1) for i in range(3)] == [r.name for r in task.ranking]
     column = table.GetTable().GetColumnByName("score")
     assert [column.GetValue(i) for i in range(3)] == pytest.approx(scores)
-    assert table.GetColumnTitle("score") == "score (entropy)"
-    assert task.status.startswith("3 volume(s) ranked by entropy")
+    assert table.GetColumnTitle("score") == "score (disagreement)"
+    assert task.status.startswith("3 volume(s) ranked by disagreement")
     assert f"label {task.ranking[0].name} next" in task.status
     assert not task.job.folder.exists()  # the CSV was read; nothing to keep
 

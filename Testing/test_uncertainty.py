@@ -438,7 +438,7 @@ def test_rank_cli(
     capsys.readouterr()
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "entropy" in printed
+    assert "uncertainty: disagreement" in printed  # a dual model's ranking default
     with open(table, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert [r["rank"] for r in rows] == ["1", "2", "3"]

@@ -44,9 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--measure",
         choices=UNCERTAINTY_CHOICES,
         default="auto",
-        help="auto (default): entropy of the mean foreground probability for a dual model, "
-        "variance over flips for one network with --tta; disagreement: |pA - pB| of the two "
-        "networks of a dual model",
+        help="auto (default): disagreement |pA - pB| of the two networks for a dual model (it "
+        "ranked real LA scans best: README, 'Uncertainty'), variance over flips for one network "
+        "with --tta; entropy: of the mean foreground probability (the best voxel map)",
     )
     parser.add_argument(
         "--border",
@@ -95,6 +95,7 @@ def _rank(args: argparse.Namespace, emit: Callable[..., None]) -> None:
     from dkuxnet.inference.predictor import UNCERTAINTY_DESCRIPTIONS
     from dkuxnet.inference.ranking import (
         DEFAULT_BORDER_VOXELS,
+        RANKING_MEASURE_DUAL,
         find_scans,
         format_ranking,
         rank_scans,
@@ -118,6 +119,8 @@ def _rank(args: argparse.Namespace, emit: Callable[..., None]) -> None:
         "uncertainty": args.measure,
     }
     predictor = Predictor.from_checkpoint(resolve_model(args.model), args.device, **overrides)
+    if args.measure == "auto" and len(predictor.networks) >= 2:
+        predictor.uncertainty = RANKING_MEASURE_DUAL
     measure = predictor.uncertainty or "?"
     description = UNCERTAINTY_DESCRIPTIONS.get(measure, measure)
     log.info(
