@@ -13,6 +13,11 @@ Steps (each skipped when its output exists, so the script resumes after any inte
    (``--resume`` of an existing run folder is automatic).
 4. Export ``best.pt`` as a model-only file (``--export``).
 
+The run has one poly schedule over a fixed total: killed and resumed any number of times (the
+same command again), it ends with the weights of one uninterrupted run (the trainer's resume is
+exact: ``Testing/test_trainer.py``); resuming with another ``--iterations`` is refused.
+``--status`` says how far it is (iterations, time left, best validation Dice).
+
 The test list is never used here; ``dkuxnet evaluate`` measures it afterwards.
 """
 
@@ -26,10 +31,52 @@ from pathlib import Path
 
 from dkuxnet.config import ModelConfig, TrainConfig
 from dkuxnet.data import import_la, load_dataset
+from dkuxnet.events import read_events
 from dkuxnet.training import Trainer
 from dkuxnet.training.checkpoint import export_model, load_checkpoint
 
 log = logging.getLogger("train_default_model")
+
+
+def run_status(run: Path) -> str:
+    """One paragraph: iterations done of the total, speed, time left, best validation so far."""
+    events_path = run / "events.jsonl"
+    if not events_path.exists():
+        return f"{run}: not started"
+    events = read_events(events_path)
+    iterations = [e for e in events if e.get("event") == "iteration"]
+    validations = [e for e in events if e.get("event") == "validation"]
+    finished = [e for e in events if e.get("event") == "finished"]
+    if not iterations:
+        return f"{run}: started, no iteration yet"
+    last = iterations[-1]
+    recent = iterations[-50:]
+    span = recent[-1]["time"] - recent[0]["time"]
+    per_it = span / max(len(recent) - 1, 1)
+    left = (last["total"] - last["iteration"]) * per_it
+    done = (
+        finished
+        and finished[-1].get("status") == "completed"
+        and (last["iteration"] == last["total"])
+    )
+    lines = [
+        f"{run}: iteration {last['iteration']} of {last['total']} "
+        f"({100 * last['iteration'] / last['total']:.0f} %), "
+        + (
+            "completed"
+            if done
+            else f"{per_it:.2f} s/iteration lately, about {left / 60:.0f} min left"
+        )
+    ]
+    if validations:
+        best = max(validations, key=lambda e: e["mean_dice"])
+        lines.append(
+            f"validation Dice: last {validations[-1]['mean_dice']:.4f} at "
+            f"{validations[-1]['iteration']}, best {best['mean_dice']:.4f} at {best['iteration']}"
+        )
+    if finished and not done:
+        lines.append(f"last stop: {finished[-1].get('status')}; rerun the same command to resume")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -44,8 +91,23 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--export", type=Path, help="write the model-only file here when done")
+    p.add_argument(
+        "--status", action="store_true", help="say how far the run in --work is, and stop"
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    run = args.work / f"run_{args.mode}"
+    if args.status:
+        print(run_status(run))
+        return
+    if (run / "config.json").exists():  # one schedule per run: no re-targeting on resume
+        planned = TrainConfig.load(run / "config.json").training.iterations
+        if planned != args.iterations:
+            raise SystemExit(
+                f"{run} is a run of {planned} iterations; resume it with --iterations {planned} "
+                "(changing the total would change its learning-rate schedule) or use another "
+                "--work folder"
+            )
 
     imported = args.work / "imported"
     if not (imported / "datalist.json").exists():
@@ -73,7 +135,6 @@ def main() -> None:
         ),
         inference=base.inference,
     )
-    run = args.work / f"run_{args.mode}"
     data = load_dataset(imported)  # the trainer resamples to data.target_spacing (cached in run/)
     resume = (run / "last.pt").exists()
     Trainer(config, data, run, device=args.device, resume=resume).run()
