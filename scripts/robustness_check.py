@@ -8,9 +8,9 @@ these conditions, next to the plain one:
 
 * ``full-fov``: the crop pasted into a 576 x 576 in-plane field of view (the challenge scans'
   size) whose surroundings look like a body, not a constant: an elliptical trunk of smooth
-  tissue texture with the crop's own background statistics, dark noisy air outside it, and a
-  few bright blood-pool-like blobs (the other heart chambers and vessels) with the atrium's
-  intensity statistics — things a model can mistake for the atrium.
+  tissue texture with the crop's own background statistics and dark noisy air outside it.
+  ``full-fov+blobs`` adds five bright blood-pool-like blobs (the other heart chambers and
+  vessels) with the atrium's intensity statistics — things a model can mistake for the atrium.
 * ``1.0 mm`` / ``1.25 mm``: the scan resampled to that isotropic spacing (linear image,
   nearest label), scored on that grid.
 * ``flip-stored`` / ``rot90-stored``: the same physical image stored in another voxel order
@@ -46,8 +46,17 @@ Case = tuple[Volume, Volume]  # image, label
 Condition = Callable[[Volume, Volume, np.random.Generator], Case]
 
 
-def full_fov(image: Volume, label: Volume, rng: np.random.Generator) -> Case:
-    """The crop inside a synthetic body (see the module docstring); label padded with 0."""
+def full_fov(blobs: int) -> Condition:
+    """The crop inside a synthetic body with ``blobs`` blood-pool-like blobs (see the module
+    docstring); the label padded with 0."""
+
+    def condition(image: Volume, label: Volume, rng: np.random.Generator) -> Case:
+        return _full_fov(image, label, rng, blobs)
+
+    return condition
+
+
+def _full_fov(image: Volume, label: Volume, rng: np.random.Generator, blobs: int) -> Case:
     z, y, x = image.array.shape
     arr, lab = image.array, label.array > 0
     tissue = arr[~lab]
@@ -62,7 +71,7 @@ def full_fov(image: Volume, label: Volume, rng: np.random.Generator) -> Case:
     canvas = np.where(body[None], canvas, air.astype(np.float32))
     py, px = (FULL_FOV - y) // 2, (FULL_FOV - x) // 2
     zz, yy3, xx3 = np.ogrid[0:z, 0:FULL_FOV, 0:FULL_FOV]
-    for _ in range(5):  # blood-pool-like blobs beside the crop, inside the body
+    for _ in range(blobs):  # blood-pool-like blobs beside the crop, inside the body
         for _attempt in range(50):
             cy, cx = rng.uniform(0.2, 0.8, 2) * FULL_FOV
             ry, rx, rz = rng.uniform(15, 45), rng.uniform(15, 45), rng.uniform(0.3, 0.6) * z
@@ -138,7 +147,8 @@ def mirrored(image: Volume, label: Volume, rng: np.random.Generator) -> Case:
 
 CONDITIONS: dict[str, Condition | None] = {
     "plain": None,
-    "full-fov": full_fov,
+    "full-fov": full_fov(blobs=0),
+    "full-fov+blobs": full_fov(blobs=5),
     "1.0 mm": resampled(1.0),
     "1.25 mm": resampled(1.25),
     "flip-stored": restored((0, 1, 2), flip_x=True),
