@@ -6,6 +6,8 @@
 For each test-list scan of a ``dkuxnet la-import`` folder, the prediction is scored (Dice) in
 these conditions, next to the plain one:
 
+* ``padded``: the crop in a 576 x 576 in-plane field of view of constant value (the image
+  minimum), as an exported crop or a zero-padded scan looks.
 * ``full-fov``: the crop pasted into a 576 x 576 in-plane field of view (the challenge scans'
   size) whose surroundings look like a body, not a constant: an elliptical trunk of smooth
   tissue texture with the crop's own background statistics and dark noisy air outside it.
@@ -46,17 +48,19 @@ Case = tuple[Volume, Volume]  # image, label
 Condition = Callable[[Volume, Volume, np.random.Generator], Case]
 
 
-def full_fov(blobs: int) -> Condition:
-    """The crop inside a synthetic body with ``blobs`` blood-pool-like blobs (see the module
-    docstring); the label padded with 0."""
+def full_fov(blobs: int, constant: bool = False) -> Condition:
+    """The crop inside a synthetic body with ``blobs`` blood-pool-like blobs, or in a constant
+    (the image minimum; see the module docstring); the label padded with 0."""
 
     def condition(image: Volume, label: Volume, rng: np.random.Generator) -> Case:
-        return _full_fov(image, label, rng, blobs)
+        return _full_fov(image, label, rng, blobs, constant)
 
     return condition
 
 
-def _full_fov(image: Volume, label: Volume, rng: np.random.Generator, blobs: int) -> Case:
+def _full_fov(
+    image: Volume, label: Volume, rng: np.random.Generator, blobs: int, constant: bool = False
+) -> Case:
     z, y, x = image.array.shape
     arr, lab = image.array, label.array > 0
     tissue = arr[~lab]
@@ -69,6 +73,8 @@ def _full_fov(image: Volume, label: Volume, rng: np.random.Generator, blobs: int
     canvas = np.float32(tissue.mean()) + np.float32(tissue.std()) * texture.astype(np.float32)
     air = np.float32(np.percentile(arr, 1)) + 0.05 * rng.standard_normal(canvas.shape)
     canvas = np.where(body[None], canvas, air.astype(np.float32))
+    if constant:
+        canvas = np.full(canvas.shape, arr.min(), np.float32)
     py, px = (FULL_FOV - y) // 2, (FULL_FOV - x) // 2
     zz, yy3, xx3 = np.ogrid[0:z, 0:FULL_FOV, 0:FULL_FOV]
     for _ in range(blobs):  # blood-pool-like blobs beside the crop, inside the body
@@ -147,6 +153,7 @@ def mirrored(image: Volume, label: Volume, rng: np.random.Generator) -> Case:
 
 CONDITIONS: dict[str, Condition | None] = {
     "plain": None,
+    "padded": full_fov(blobs=0, constant=True),
     "full-fov": full_fov(blobs=0),
     "full-fov+blobs": full_fov(blobs=5),
     "1.0 mm": resampled(1.0),
