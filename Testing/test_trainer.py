@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from tiny import TINY_MODEL
 from dkuxnet.cli import main as cli_main
 from dkuxnet.config import ModelConfig, TrainConfig
 from dkuxnet.data import load_dataset
-from dkuxnet.errors import OutputExistsError, RunLockedError
+from dkuxnet.errors import ConfigError, OutputExistsError, RunLockedError
 from dkuxnet.events import read_events
 from dkuxnet.synthetic import write_synthetic_dataset
 from dkuxnet.training import Trainer
@@ -278,3 +279,26 @@ def test_stop_file_stops_after_the_current_iteration(dataset: Path, tmp_path: Pa
     trainer._step = step_then_ask_to_stop  # type: ignore[method-assign]
     assert trainer.run() == "cancelled"
     assert load_checkpoint(run / "last.pt")["iteration"] == 1
+
+
+def test_gradient_probe_logs_both_norms_and_leaves_the_run_unchanged(
+    dataset: Path, tmp_path: Path
+) -> None:
+    runs = {}
+    for every in (0, 2):
+        cfg = tiny_config(iterations=4, amp="off", grad_probe_every=every, log_every=3)
+        Trainer(cfg, load_dataset(dataset), tmp_path / f"g{every}", device="cpu").run()
+        runs[every] = _weights(tmp_path / f"g{every}" / "last.pt")
+    for a, b in zip(runs[0], runs[2], strict=True):
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+    iters = [e for e in read_events(tmp_path / "g2" / "events.jsonl") if e["event"] == "iteration"]
+    probed = {e["iteration"]: e["grad_norms"] for e in iters if "grad_norms" in e}
+    assert sorted(probed) == [2, 4]  # logged on probe iterations even off the log_every grid
+    for norms in probed.values():
+        assert set(norms) == {"grad_norm_sup", "grad_norm_consistency"}
+        assert norms["grad_norm_sup"] > 0 and norms["grad_norm_consistency"] > 0
+        assert all(math.isfinite(v) for v in norms.values())
+    assert all(not k.startswith("grad_norm") for e in iters for k in e["losses"])
+    with pytest.raises(ConfigError, match="grad_probe_every"):
+        tiny_config(grad_probe_every=-1)

@@ -64,6 +64,7 @@ RECIPE = (
     "training.lr=0.001",
     "training.val_every=100",
     "training.val_fraction=0.125",
+    "training.grad_probe_every=100",  # logs |grad| of L_sup vs the weighted consistency
 )
 #: The configurations run first (the issue's order when the budget is short).
 CORE = (1, 3, 6, 7)
@@ -94,8 +95,14 @@ def do_run(number: int, labels: int, seed: int, args: argparse.Namespace) -> dic
     run = args.out / str(labels) / name / f"seed{seed}"
     data_dir = args.out / "data" / f"la{labels}"
     config = run_config(number, args.iterations, seed)
-    if (run / "config.json").exists() and TrainConfig.load(run / "config.json") != config:
-        raise SystemExit(f"{run}: holds a run with another configuration; move it away first")
+    if (run / "config.json").exists():
+        saved = TrainConfig.load(run / "config.json")
+        # the gradient probe does not change training (runs from before it lack it)
+        saved = saved.replace(
+            training=saved.training.replace(grad_probe_every=config.training.grad_probe_every)
+        )
+        if saved != config:
+            raise SystemExit(f"{run}: holds a run with another configuration; move it away first")
     if (run / SCORES).exists():
         return json.loads((run / SCORES).read_text())
     if args.table_only:

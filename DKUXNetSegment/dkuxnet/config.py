@@ -367,6 +367,10 @@ class TrainingConfig(_Section):
         consistency_weight: w_max of the sigmoid ramp-up.
         rampup_fraction: T_r as a fraction of the iterations.
         lambda_query: weight of CE(groups, y); lambda_aux: weight of the per-layer kMaX losses.
+        grad_probe_every: in dual mode, every this many iterations also measure the gradient
+            norm of the supervised losses and of the weighted consistency losses apart (two extra
+            backward passes; the update is unchanged) and log them (``grad_norms`` in the
+            iteration event); 0 = never. Single-process runs only.
         amp: mixed precision: ``auto`` (fp16 on a GPU, bf16 on a CPU with native bf16, else
             fp32), ``bf16``, ``fp16`` (GPU only) or ``off``. Configs from before this setting
             said ``true`` / ``false``: read as ``auto`` / ``off``.
@@ -400,6 +404,7 @@ class TrainingConfig(_Section):
     val_fraction: float = 0.2
     checkpoint_every: int = 100
     log_every: int = 1
+    grad_probe_every: int = 0
     seed: int = 0
     supervised_view: str = "weak"
 
@@ -432,6 +437,7 @@ class TrainingConfig(_Section):
             raise _fail(s, "rampup_fraction", f"must be in [0, 1], got {self.rampup_fraction}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise _fail(s, "val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+        _check_positive(s, "grad_probe_every", self.grad_probe_every, allow_zero=True)
         for name in ("val_every", "checkpoint_every", "log_every"):
             _check_positive(s, name, getattr(self, name))
 

@@ -69,6 +69,17 @@ BEST = "best.pt"
 #: (saving ``last.pt``). Polled every iteration; unlike a signal it reaches a training process
 #: on every platform (Windows GUI children get no console events). Removed when a run starts.
 STOP_FILE = "stop.request"
+#: Prefix of the gradient-norm probes (``training.grad_probe_every``) in an iteration event.
+GRAD_NORM = "grad_norm_"
+
+
+def _grad_norm(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> float:
+    """L2 norm of d loss / d params, leaving ``.grad`` and the graph as they are."""
+    if not loss.requires_grad:
+        return 0.0
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    squares = [g.float().pow(2).sum() for g in grads if g is not None]
+    return float(torch.stack(squares).sum().sqrt()) if squares else 0.0
 
 
 @dataclass(frozen=True)
@@ -198,6 +209,7 @@ class Trainer:
             )
         self.config = config
         self.dual = config.training.mode == "dual"
+        self._distributed = False  # set by _run (the gradient probe is single-process only)
 
     # -- setup --------------------------------------------------------------------------------
 
@@ -280,6 +292,7 @@ class Trainer:
         return restore
 
     def _run(self, dist_info: DistInfo, events: EventWriter) -> str:
+        self._distributed = dist_info.enabled
         cfg = self.config
         tcfg = cfg.training
         if dist_info.is_main:
@@ -473,8 +486,10 @@ class Trainer:
             now = time.perf_counter()
             it_per_s = 1.0 / max(now - t_last, 1e-9)
             t_last = now
+            grad_norms = {k: losses.pop(k) for k in list(losses) if k.startswith(GRAD_NORM)}
             losses = mean_across_ranks(losses, dist_info)
-            if it % tcfg.log_every == 0 or it == total:
+            if it % tcfg.log_every == 0 or it == total or grad_norms:
+                extra = {"grad_norms": grad_norms} if grad_norms else {}
                 events.emit(
                     "iteration",
                     iteration=it,
@@ -484,6 +499,7 @@ class Trainer:
                     it_per_s=it_per_s,
                     eta_s=(total - it) / max(it_per_s, 1e-9),
                     data_wait_s=data_wait_s,
+                    **extra,
                 )
             if dist_info.is_main and (self.run_dir / STOP_FILE).exists():
                 log.info("%s found: stopping after this iteration", STOP_FILE)
@@ -559,8 +575,19 @@ class Trainer:
             weight = sigmoid_rampup(
                 iteration, tcfg.rampup_fraction * tcfg.iterations, tcfg.consistency_weight
             )
-            total = (sup_a["total"] + sup_b["total"]) + weight * (segc_a + segc_b + qdc_a + qdc_b)
-            parts = {
+            supervised = sup_a["total"] + sup_b["total"]
+            consistency = weight * (segc_a + segc_b + qdc_a + qdc_b)
+            total = supervised + consistency
+            probe = tcfg.grad_probe_every
+            if probe and (iteration + 1) % probe == 0 and not self._distributed:
+                params = [p for m in models for p in m.parameters() if p.requires_grad]
+                parts.update(
+                    {
+                        f"{GRAD_NORM}sup": _grad_norm(supervised, params),
+                        f"{GRAD_NORM}consistency": _grad_norm(consistency, params),
+                    }
+                )
+            parts |= {
                 "sup_a": float(sup_a["total"].detach()),
                 "sup_b": float(sup_b["total"].detach()),
                 "segc": float((segc_a + segc_b).detach()) / 2,
