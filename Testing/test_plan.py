@@ -110,6 +110,18 @@ def test_train_writes_the_plan_into_the_run_config_and_set_wins(tmp_path: Path) 
     assert preset["data"]["patch_size"] == [80, 112, 112] and preset["data"]["target_spacing"] == []
 
 
+def test_busy_cpu_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dkuxnet.commands import estimate
+
+    monkeypatch.setattr(estimate.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(estimate.os, "getloadavg", lambda: (3.4, 3.0, 2.0))
+    note = estimate.busy_cpu_note("cpu")
+    assert note is not None and "load 3.4 on 2 cores" in note and "longer" in note
+    assert estimate.busy_cpu_note("cuda") is None
+    monkeypatch.setattr(estimate.os, "getloadavg", lambda: (0.4, 0.3, 0.2))
+    assert estimate.busy_cpu_note("cpu") is None
+
+
 def test_format_duration() -> None:
     from dkuxnet.commands.estimate import format_duration
 

@@ -94,6 +94,11 @@ def test_the_panel_text() -> None:
         "(0.25 s per iteration, measured on this machine, cuda, float16)"
     )
     assert fast.describe(20000).startswith("Expected: about 1 h 23 min for 20000 iterations")
+    busy = logic_module.TimeEstimate.from_output(
+        '{"s_per_iteration": 2.0, "device": "cpu", "precision": "float32", '
+        '"busy": "the CPU is busy (load 3.4 on 2 cores)"}\n'
+    )
+    assert busy.describe(10).endswith("float32); note: the CPU is busy (load 3.4 on 2 cores)")
 
 
 def test_the_result_is_the_last_json_line_of_the_output() -> None:

@@ -647,6 +647,7 @@ class TimeEstimate:
     s_per_iteration: float
     device: str
     precision: str
+    busy: str | None = None  # why the figure is pessimistic (a busy CPU), if it is
 
     @classmethod
     def from_output(cls, text: str) -> TimeEstimate:
@@ -661,7 +662,8 @@ class TimeEstimate:
             seconds = record.get("s_per_iteration") if isinstance(record, dict) else None
             if isinstance(seconds, int | float) and math.isfinite(seconds) and seconds > 0:
                 device, precision = record.get("device", "?"), record.get("precision", "?")
-                return cls(float(seconds), str(device), str(precision))
+                busy = record.get("busy")
+                return cls(float(seconds), str(device), str(precision), str(busy) if busy else None)
         raise InputError("the time estimate printed no seconds per iteration")
 
     def total_s(self, iterations: int) -> float:
@@ -675,7 +677,7 @@ class TimeEstimate:
         return (
             f"Expected: {approximate_duration(self.total_s(iterations))} for {iterations} "
             f"iterations ({per_iteration} s per iteration, measured on this machine, "
-            f"{self.device}, {self.precision})"
+            f"{self.device}, {self.precision})" + (f"; note: {self.busy}" if self.busy else "")
         )
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from dkuxnet.config import PRESETS
 from dkuxnet.errors import ConfigError
 
 HELP = "measure seconds per training iteration on this machine and estimate a run's duration"
@@ -24,7 +26,7 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="dataset to plan spacing/patch for, as `train` would")
     p.add_argument("--init", help="fine-tune this checkpoint (its patch and network)")
-    p.add_argument("--preset", choices=("lite", "paper"), help="model preset (default lite)")
+    p.add_argument("--preset", choices=PRESETS, help="model preset (default lite)")
     p.add_argument("--config", help="JSON file with a full or partial TrainConfig")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--iterations", type=int, default=None, help="iterations to estimate for")
@@ -43,6 +45,24 @@ def format_duration(seconds: float) -> str:
     return f"about {minutes // 60} h {minutes % 60:02d} min"
 
 
+def busy_cpu_note(device: str) -> str | None:
+    """A warning when other programs keep the CPU busy (the estimate then comes out long).
+
+    Judged by the 1-minute load average against the cores (POSIX only): above half the cores
+    is busy. A GPU run is not judged (its time does not depend on the CPU's load as much).
+    """
+    if device != "cpu" or not hasattr(os, "getloadavg"):
+        return None
+    load = os.getloadavg()[0]
+    cores = os.cpu_count() or 1
+    if load <= 0.5 * cores:
+        return None
+    return (
+        f"the CPU is busy (load {load:.1f} on {cores} cores): other programs share it, so "
+        "this estimate is longer than a run on an idle machine would take"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from dkuxnet.commands.train import apply_plan, build_config
     from dkuxnet.data import DatasetSplit, load_dataset
@@ -56,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if args.data:
         config = apply_plan(config, args, load_dataset(args.data))
     device = resolve_device(args.device)
+    busy = busy_cpu_note(device.type)  # before our own iterations load the CPU
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(config, DatasetSplit(), Path(tmp) / "run", device=str(device),
                           init=args.init)  # fmt: skip
@@ -71,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         "mode": config.training.mode,
         "patch_size": list(config.data.patch_size),
         "batch": [config.data.labeled_batch, config.data.unlabeled_batch],
+        "busy": busy,
     }
     if args.json:
         print(json.dumps(result))
@@ -83,4 +105,6 @@ def run(args: argparse.Namespace) -> int:
         f"{args.repeats} after a warm-up); {iterations} iterations: "
         f"{format_duration(seconds * iterations)} (validation adds a little)"
     )
+    if busy:
+        print(f"note: {busy}")
     return 0
