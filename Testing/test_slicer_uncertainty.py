@@ -375,7 +375,7 @@ def test_suggest_next_ranks_the_unlabeled_volumes_into_a_table(
     assert [r.name for r in task.ranking] == ["Scan C", "Scan B", "Scan A renamed"]
     assert [r.rank for r in task.ranking] == [1, 2, 3]
     for row, (_, score) in zip(task.ranking, expected, strict=True):
-        assert row.score == pytest.approx(score, rel=1e-4, abs=1e-7)
+        assert row.score == pytest.approx(score, rel=1e-3)  # two processes, two thread pools
     scores = [r.score for r in task.ranking]
     assert scores == sorted(scores, reverse=True)
     by_name = {v.GetName(): v.GetID() for v in volumes}
