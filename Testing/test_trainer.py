@@ -112,6 +112,14 @@ def _weights(path: Path) -> list[dict[str, torch.Tensor]]:
     return load_checkpoint(path)["networks"]
 
 
+def _assert_same_weights(first: Path, second: Path) -> None:
+    """The networks of two checkpoints are bit for bit the same."""
+    for a, b in zip(_weights(first), _weights(second), strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+
+
 def _wait_for(run: Path, predicate, timeout: float = 240.0) -> None:
     t0 = time.time()
     while time.time() - t0 < timeout:
@@ -143,10 +151,7 @@ def test_resume_after_sigkill_is_exact(dataset: Path, tmp_path: Path) -> None:
     subprocess.run(
         _train_cmd(dataset, killed, config, "--resume"), check=True, env=_env(), timeout=300
     )
-    for a, b in zip(_weights(straight / "last.pt"), _weights(killed / "last.pt"), strict=True):
-        assert a.keys() == b.keys()
-        for key in a:
-            assert torch.equal(a[key], b[key]), key
+    _assert_same_weights(straight / "last.pt", killed / "last.pt")
 
 
 def test_sigterm_cancels_cleanly(dataset: Path, tmp_path: Path) -> None:
@@ -236,15 +241,11 @@ def test_fine_tune_from_init_keeps_the_init_model_settings(dataset: Path, tmp_pa
 
 def test_prefetching_does_not_change_the_run(dataset: Path, tmp_path: Path) -> None:
     """Batches prepared in the worker thread are the batches prepared in line: same weights."""
-    runs = {}
     for depth in (0, 2):
         cfg = tiny_config(iterations=3, amp="off")
         cfg = cfg.replace(data=cfg.data.replace(prefetch=depth))
         Trainer(cfg, load_dataset(dataset), tmp_path / f"p{depth}", device="cpu").run()
-        runs[depth] = _weights(tmp_path / f"p{depth}" / "last.pt")
-    for a, b in zip(runs[0], runs[2], strict=True):
-        for key in a:
-            assert torch.equal(a[key], b[key]), key
+    _assert_same_weights(tmp_path / "p0" / "last.pt", tmp_path / "p2" / "last.pt")
     iters = [e for e in read_events(tmp_path / "p2" / "events.jsonl") if e["event"] == "iteration"]
     assert all(e["data_wait_s"] >= 0.0 for e in iters)
     started = next(
@@ -284,14 +285,10 @@ def test_stop_file_stops_after_the_current_iteration(dataset: Path, tmp_path: Pa
 def test_gradient_probe_logs_both_norms_and_leaves_the_run_unchanged(
     dataset: Path, tmp_path: Path
 ) -> None:
-    runs = {}
     for every in (0, 2):
         cfg = tiny_config(iterations=4, amp="off", grad_probe_every=every, log_every=3)
         Trainer(cfg, load_dataset(dataset), tmp_path / f"g{every}", device="cpu").run()
-        runs[every] = _weights(tmp_path / f"g{every}" / "last.pt")
-    for a, b in zip(runs[0], runs[2], strict=True):
-        for key in a:
-            assert torch.equal(a[key], b[key]), key
+    _assert_same_weights(tmp_path / "g0" / "last.pt", tmp_path / "g2" / "last.pt")
     iters = [e for e in read_events(tmp_path / "g2" / "events.jsonl") if e["event"] == "iteration"]
     probed = {e["iteration"]: e["grad_norms"] for e in iters if "grad_norms" in e}
     assert sorted(probed) == [2, 4]  # logged on probe iterations even off the log_every grid
