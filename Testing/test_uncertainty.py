@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny import TINY_MODEL, save_random_checkpoint, tiny_model_config
+from test_predictor import Constant, _Output, tiny_config
+from tiny import TINY_MODEL, save_random_checkpoint
 from torch import nn
 
 from dkuxnet.cli import main
-from dkuxnet.config import DataConfig, InferenceConfig, ModelConfig, TrainConfig
+from dkuxnet.config import ModelConfig, TrainConfig
 from dkuxnet.data import Case, load_dataset
 from dkuxnet.errors import ConfigError, InputError
 from dkuxnet.inference import Predictor, find_scans, rank_scans, region_score
@@ -29,8 +30,6 @@ from dkuxnet.io import Volume, read_volume, write_volume
 from dkuxnet.model import build_model
 from dkuxnet.synthetic import SETTINGS, make_phantom, write_synthetic_dataset
 from dkuxnet.training.checkpoint import save_checkpoint
-
-PATCH = (16, 16, 32)
 
 
 def _rotation(about_z: float, about_x: float) -> np.ndarray:
@@ -45,34 +44,6 @@ OBLIQUE = {
     "origin": (-40.0, 12.5, 7.0),
     "direction": _rotation(0.44, 0.3),
 }
-
-
-def tiny_config(patch: tuple[int, int, int] = PATCH, **inference: object) -> TrainConfig:
-    return TrainConfig(
-        model=tiny_model_config(),
-        data=DataConfig(patch_size=patch),
-        inference=InferenceConfig(**inference),  # type: ignore[arg-type]
-    )
-
-
-class _Output:
-    def __init__(self, logits: torch.Tensor) -> None:
-        self.logits = logits
-
-    def probabilities(self, head: str = "mean") -> torch.Tensor:
-        return torch.softmax(self.logits.float(), dim=1)
-
-
-class Constant(nn.Module):
-    """Foreground probability ``p`` everywhere."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.logit = nn.Parameter(torch.tensor(math.log(p / (1 - p))), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> _Output:
-        fg = torch.full_like(x, float(self.logit))
-        return _Output(torch.cat([torch.zeros_like(fg), fg], dim=1))
 
 
 class Ramp(nn.Module):
