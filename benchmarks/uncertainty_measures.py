@@ -151,25 +151,26 @@ def scan_rows(model: Path, data: Path, precision: str) -> list[dict]:
     four maps come from its two networks' foreground probabilities on the input grid, a
     single-network model's one map is the predictor's flip variance (test-time augmentation).
     """
-    record_networks = len(Predictor.from_checkpoint(model, "cpu", amp=precision).networks)
-    rows = []
-    cases = load_dataset(data).test
-    if record_networks == 2:
-        user = Predictor.from_checkpoint(model, "cpu", amp=precision)
+    user = Predictor.from_checkpoint(model, "cpu", amp=precision)
+    dual = len(user.networks) == 2
+    if dual:
         nets = {
             n: Predictor.from_checkpoint(model, "cpu", networks_choice=n, amp=precision)
             for n in "ab"
         }
     else:
-        user = Predictor.from_checkpoint(
-            model, "cpu", amp=precision, tta=True, uncertainty="flip-variance"
-        )
+        user = Predictor(
+            user.networks, user.config, "cpu", amp=precision, tta=True,
+            uncertainty="flip-variance",
+        )  # fmt: skip
+    rows = []
+    cases = load_dataset(data).test
     for done, case in enumerate(cases, start=1):
         image = read_volume(case.image)
         assert case.label is not None
         truth = read_label(case.label, reference=image).array
         result = user.predict_volume(image)
-        if record_networks == 2:
+        if dual:
             a, b = (nets[n].predict_volume(image, probabilities=True).probabilities for n in "ab")
             assert a is not None and b is not None
             maps = candidate_maps(a.array, b.array)

@@ -58,11 +58,12 @@ def full_fov(blobs: int, constant: bool = False) -> Condition:
     return condition
 
 
-def _full_fov(
-    image: Volume, label: Volume, rng: np.random.Generator, blobs: int, constant: bool = False
-) -> Case:
-    z, y, x = image.array.shape
-    arr, lab = image.array, label.array > 0
+def _body(
+    arr: np.ndarray, lab: np.ndarray, rng: np.random.Generator, blobs: int, py: int, px: int
+) -> np.ndarray:
+    """The synthetic trunk, air and ``blobs`` blobs of a 576 x 576 canvas; the crop goes at
+    ``(py, px)`` (blobs keep clear of it)."""
+    z, y, x = arr.shape
     tissue = arr[~lab]
     blood = arr[lab]
     yy, xx = np.mgrid[0:FULL_FOV, 0:FULL_FOV].astype(np.float32)
@@ -73,9 +74,6 @@ def _full_fov(
     canvas = np.float32(tissue.mean()) + np.float32(tissue.std()) * texture.astype(np.float32)
     air = np.float32(np.percentile(arr, 1)) + 0.05 * rng.standard_normal(canvas.shape)
     canvas = np.where(body[None], canvas, air.astype(np.float32))
-    if constant:
-        canvas = np.full(canvas.shape, arr.min(), np.float32)
-    py, px = (FULL_FOV - y) // 2, (FULL_FOV - x) // 2
     zz, yy3, xx3 = np.ogrid[0:z, 0:FULL_FOV, 0:FULL_FOV]
     for _ in range(blobs):  # blood-pool-like blobs beside the crop, inside the body
         for _attempt in range(50):
@@ -87,6 +85,19 @@ def _full_fov(
         blob = ((zz - z / 2) / rz) ** 2 + ((yy3 - cy) / ry) ** 2 + ((xx3 - cx) / rx) ** 2 <= 1
         noise = rng.standard_normal(canvas.shape).astype(np.float32)
         canvas = np.where(blob, blood.mean() + blood.std() * noise, canvas)
+    return canvas
+
+
+def _full_fov(
+    image: Volume, label: Volume, rng: np.random.Generator, blobs: int, constant: bool = False
+) -> Case:
+    z, y, x = image.array.shape
+    arr = image.array
+    py, px = (FULL_FOV - y) // 2, (FULL_FOV - x) // 2
+    if constant:
+        canvas = np.full((z, FULL_FOV, FULL_FOV), arr.min(), np.float32)
+    else:
+        canvas = _body(arr, label.array > 0, rng, blobs, py, px)
     canvas[:, py : py + y, px : px + x] = arr
     big_label = np.zeros(canvas.shape, np.uint8)
     big_label[:, py : py + y, px : px + x] = label.array
