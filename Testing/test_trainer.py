@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tiny import TINY_MODEL
@@ -20,9 +21,10 @@ from dkuxnet.config import ModelConfig, TrainConfig
 from dkuxnet.data import load_dataset
 from dkuxnet.errors import ConfigError, OutputExistsError, RunLockedError
 from dkuxnet.events import read_events
+from dkuxnet.io import read_volume
 from dkuxnet.synthetic import write_synthetic_dataset
 from dkuxnet.training import Trainer
-from dkuxnet.training.checkpoint import load_checkpoint
+from dkuxnet.training.checkpoint import export_model, load_checkpoint
 from dkuxnet.training.runlock import RunLock
 
 
@@ -224,15 +226,24 @@ def test_target_spacing_trains_on_resampled_cases(dataset: Path, tmp_path: Path)
 def test_fine_tune_from_init_keeps_the_init_model_settings(dataset: Path, tmp_path: Path) -> None:
     first = tmp_path / "first"
     cfg = tiny_config(iterations=1, mode="supervised")
-    Trainer(cfg, load_dataset(dataset), first, device="cpu").run()
+    data = load_dataset(dataset)
+    Trainer(cfg, data, first, device="cpu").run()
+    # the training labels' volume range travels in the checkpoints (the predictor's volume check)
+    labels = [read_volume(c.label) for c in [*data.labeled, *data.validation] if c.label]
+    ml = [float((v.array > 0).sum() * np.prod(v.spacing) / 1000) for v in labels]
+    record = load_checkpoint(first / "best.pt")
+    assert record["label_volume_ml"] == pytest.approx([min(ml), max(ml)])
+    record["label_volume_ml"] = [0.5 * min(ml), 3.0]  # the init model saw other labels too
+    export_model(record, first / "model.pt")
     code = cli_main(
         [
             "train", "--data", str(dataset), "--out", str(tmp_path / "tuned"), "--init",
-            str(first / "best.pt"), "--iterations", "1", "--device", "cpu", "--quiet",
+            str(first / "model.pt"), "--iterations", "1", "--device", "cpu", "--quiet",
         ]
     )  # fmt: skip
     assert code == 0
     tuned = load_checkpoint(tmp_path / "tuned" / "last.pt")
+    assert tuned["label_volume_ml"] == pytest.approx([0.5 * min(ml), max(3.0, max(ml))])
     assert tuned["train_config"].model == cfg.model
     assert tuned["train_config"].data.patch_size == cfg.data.patch_size
     assert tuned["train_config"].training.mode == "dual"  # the method, not the init's recipe

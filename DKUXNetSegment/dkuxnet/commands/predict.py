@@ -87,6 +87,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "variance over flips for one network with --tta; disagreement: |pA - pB| of the two "
         "networks of a dual model",
     )
+    parser.add_argument(
+        "--roi",
+        metavar="R1,A1,S1,R2,A2,S2",
+        help="segment only inside this box: two opposite corners in RAS millimetres (as 3D "
+        "Slicer and ITK-SNAP show them); elsewhere the label is 0. Use it when the scan shows "
+        "more than the heart (write --roi=-10,... when the first number is negative)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--events", help="append progress events (JSON lines) to this file")
 
@@ -251,8 +258,10 @@ def _predict_all(args: argparse.Namespace, emit: Any) -> None:
 
     from dkuxnet.inference import Predictor
     from dkuxnet.inference.predictor import UNCERTAINTY_DESCRIPTIONS
+    from dkuxnet.inference.roi import box_from_ras, parse_ras_box, volume_warning
     from dkuxnet.io import read_volume, write_volume
 
+    roi = parse_ras_box(args.roi) if args.roi else None  # a malformed box fails before any work
     uncertainty_path = Path(args.uncertainty) if args.uncertainty else None
     jobs = plan_jobs(Path(args.input), Path(args.output), args.probabilities, uncertainty_path)
     check_outputs(jobs, args.overwrite)
@@ -282,6 +291,7 @@ def _predict_all(args: argparse.Namespace, emit: Any) -> None:
     for job in cases:
         emit("progress", stage="reading", done=0, total=1, case=job.case)
         volume = read_volume(job.image)
+        box = None if roi is None else box_from_ras(volume, *roi)
         emit("progress", stage="reading", done=1, total=1, case=job.case)
         with tqdm(desc=job.case, unit="window", leave=False, disable=None, file=sys.stderr) as bar:
 
@@ -290,7 +300,15 @@ def _predict_all(args: argparse.Namespace, emit: Any) -> None:
                 bar.update(done - bar.n)
                 emit("progress", stage="predicting", done=done, total=total, case=case)
 
-            result = predictor.predict_volume(volume, progress, probabilities=args.probabilities)
+            result = predictor.predict_volume(
+                volume, progress, probabilities=args.probabilities, roi=box
+            )
+        warning = volume_warning(
+            result.label, predictor.label_volume_ml, f"{job.case}'s segmentation"
+        )
+        if warning is not None:
+            log.warning("%s", warning)
+            emit("warning", case=job.case, message=warning)
         emit("progress", stage="writing", done=0, total=1, case=job.case)
         write_volume(result.label, job.label_out, overwrite=args.overwrite)
         if job.prob_out is not None and result.probabilities is not None:

@@ -281,6 +281,28 @@ def crop_volume(volume: Volume, box: tuple[slice, slice, slice]) -> Volume:
     )
 
 
+def _pasted(
+    inner: PredictionResult, volume: Volume, box: tuple[slice, slice, slice]
+) -> PredictionResult:
+    """A result computed on ``volume.array[box]`` put back on ``volume``'s grid (0 outside)."""
+
+    def uncropped(part: Volume | None, dtype: type[np.generic]) -> Volume | None:
+        if part is None:
+            return None
+        full: np.ndarray = np.zeros(volume.array.shape, dtype)
+        full[box] = part.array
+        return volume.with_array(full)
+
+    label = uncropped(inner.label, np.uint8)
+    assert label is not None
+    return PredictionResult(
+        label=label,
+        probabilities=uncropped(inner.probabilities, np.float32),
+        uncertainty=uncropped(inner.uncertainty, np.float32),
+        uncertainty_measure=inner.uncertainty_measure,
+    )
+
+
 class Predictor:
     """Sliding-window prediction with one or two trained networks.
 
@@ -355,6 +377,9 @@ class Predictor:
             amp = "auto" if amp else "off"
         self.amp_dtype = autocast_dtype(self.device, amp)
         self.num_classes = config.model.out_channels
+        #: smallest and largest foreground volume (ml) of the training labels, when the
+        #: checkpoint records them (:func:`dkuxnet.inference.roi.volume_warning`)
+        self.label_volume_ml: tuple[float, float] | None = None
         self.patch_size = tuple(config.data.patch_size)
         selected = {"both": list(networks), "a": [networks[0]], "b": [networks[-1]]}[choice]
         self.networks: list[torch.nn.Module] = [net.to(self.device) for net in selected]
@@ -414,7 +439,11 @@ class Predictor:
             record.get("iteration", "?"),
             len(networks),
         )
-        return cls(networks, config, device, **overrides)
+        predictor = cls(networks, config, device, **overrides)
+        expected = record.get("label_volume_ml")
+        if isinstance(expected, (list, tuple)) and len(expected) == 2:
+            predictor.label_volume_ml = (float(expected[0]), float(expected[1]))
+        return predictor
 
     # ------------------------------------------------------------------------------ arrays
     def predict_probabilities(
@@ -538,6 +567,7 @@ class Predictor:
         volume: Volume,
         progress: ProgressCallback | None = None,
         probabilities: bool = False,
+        roi: tuple[slice, slice, slice] | None = None,
     ) -> PredictionResult:
         """Segment a volume; the result has the volume's exact geometry.
 
@@ -545,6 +575,9 @@ class Predictor:
             volume: the image with its geometry.
             progress: see :meth:`predict_probabilities`.
             probabilities: also return the foreground probability map.
+            roi: segment only inside this ``(z, y, x)`` box of ``volume.array``
+                (:func:`dkuxnet.inference.roi.box_from_ras`); outside it the label, the
+                probability and the uncertainty are 0.
 
         Returns:
             A :class:`PredictionResult` on the input grid; it has an uncertainty map when the
@@ -553,6 +586,9 @@ class Predictor:
             in another voxel order is predicted in the canonical one and mapped back exactly
             (:mod:`dkuxnet.orientation`).
         """
+        if roi is not None:
+            inner = self.predict_volume(crop_volume(volume, roi), progress, probabilities)
+            return _pasted(inner, volume, roi)
         canonical, back = to_canonical(volume)
         if canonical is not volume:  # the network sees one voxel order (dkuxnet.orientation)
             log.debug("reoriented %s to the canonical voxel order", volume.size)
@@ -579,22 +615,7 @@ class Predictor:
         if box is None:
             return self._predict_on_grid(volume, progress, probabilities)
         inner = self._predict_on_grid(crop_volume(volume, box), progress, probabilities)
-
-        def uncropped(part: Volume | None, dtype: type[np.generic]) -> Volume | None:
-            if part is None:
-                return None
-            full: np.ndarray = np.zeros(volume.array.shape, dtype)
-            full[box] = part.array
-            return volume.with_array(full)
-
-        label = uncropped(inner.label, np.uint8)
-        assert label is not None
-        return PredictionResult(
-            label=label,
-            probabilities=uncropped(inner.probabilities, np.float32),
-            uncertainty=uncropped(inner.uncertainty, np.float32),
-            uncertainty_measure=inner.uncertainty_measure,
-        )
+        return _pasted(inner, volume, box)
 
     def _predict_on_grid(
         self, volume: Volume, progress: ProgressCallback | None, probabilities: bool

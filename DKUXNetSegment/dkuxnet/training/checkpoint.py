@@ -12,6 +12,8 @@ A checkpoint is a plain dictionary of tensors, numbers, strings, lists and dicts
     optimizer, scheduler, scaler   state dicts or None
     rng             {"torch", "numpy", "python", "cuda"} generator states, as plain values
     best_metric     float or None;  metrics  dict of the latest validation
+    label_volume_ml [smallest, largest] foreground volume of the training labels, or None
+                    (missing in files from before it; see dkuxnet.inference.roi)
 
 Saving goes to a temporary file in the same folder, is fsync'ed, then ``os.replace``'d over
 the target: a crash at any moment leaves either the old or the new file, never half of one
@@ -203,6 +205,7 @@ def export_model(record: dict[str, Any], path: str | os.PathLike[str], **extra: 
         "iteration": record.get("iteration", 0),
         "best_metric": record.get("best_metric"),
         "metrics": record.get("metrics", {}),
+        "label_volume_ml": record.get("label_volume_ml"),
         **extra,
     }
     return save_checkpoint(payload, path)

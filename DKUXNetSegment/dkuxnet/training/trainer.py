@@ -109,6 +109,30 @@ def split_validation(data: DatasetSplit, fraction: float) -> tuple[list[Case], l
     )
 
 
+def label_volume_range(cases: Sequence[Case]) -> list[float] | None:
+    """``[smallest, largest]`` foreground volume (ml) of the labeled ``cases``; ``None`` if none.
+
+    Kept in every checkpoint (``label_volume_ml``) so that a prediction far outside the range
+    is reported (:func:`dkuxnet.inference.roi.volume_warning`).
+    """
+    from dkuxnet.inference.roi import volume_ml
+    from dkuxnet.io import read_volume
+
+    volumes = [
+        volume_ml(label.array, label.spacing)
+        for label in (read_volume(c.label, what="label") for c in cases if c.label is not None)
+    ]
+    return [min(volumes), max(volumes)] if volumes else None
+
+
+def _union(a: list[float] | None, b: Any) -> list[float] | None:
+    """The range covering ``a`` and ``b`` (either may be missing)."""
+    if not (isinstance(b, (list, tuple)) and len(b) == 2):
+        return a
+    b = [float(b[0]), float(b[1])]
+    return b if a is None else [min(a[0], b[0]), max(a[1], b[1])]
+
+
 def resample_cases(cases: Sequence[Case], spacing: Sequence[float], cache: Path) -> list[Case]:
     """Cases resampled to ``spacing`` mm (x, y, z), written once into ``cache``.
 
@@ -210,6 +234,8 @@ class Trainer:
         self.config = config
         self.dual = config.training.mode == "dual"
         self._distributed = False  # set by _run (the gradient probe is single-process only)
+        # training labels' volume range in ml, saved in checkpoints (set by _run)
+        self._label_volume_ml: list[float] | None = None
 
     # -- setup --------------------------------------------------------------------------------
 
@@ -227,6 +253,8 @@ class Trainer:
                     f"{self.init}: its model settings differ from this run's; train with the "
                     "same preset/model config (or omit --init)"
                 )
+            # a fine-tuned model has seen the labels of its starting model too
+            self._label_volume_ml = _union(self._label_volume_ml, record.get("label_volume_ml"))
             states = record["networks"]
             for i, net in enumerate(networks):
                 net.load_state_dict(states[min(i, len(states) - 1)])
@@ -301,6 +329,10 @@ class Trainer:
         train_cases, val_cases, val_note = split_validation(self.data, tcfg.val_fraction)
         log.info(val_note)
         unlabeled_cases = list(self.data.unlabeled) if self.dual else []
+        if self._resume_record is not None:
+            self._label_volume_ml = _union(None, self._resume_record.get("label_volume_ml"))
+        else:
+            self._label_volume_ml = label_volume_range([*train_cases, *val_cases])
         if cfg.data.target_spacing:
             cache = self.run_dir / "resampled" / f"rank{dist_info.rank}"
             train_cases = resample_cases(train_cases, cfg.data.target_spacing, cache)
@@ -660,5 +692,6 @@ class Trainer:
             "rng": capture_rng_state(),
             "best_metric": best_metric,
             "metrics": metrics,
+            "label_volume_ml": self._label_volume_ml,
         }
         return save_checkpoint(payload, self.run_dir / name)
