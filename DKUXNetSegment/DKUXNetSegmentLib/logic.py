@@ -12,7 +12,11 @@ Flow of a task:
   *Show uncertainty* it also writes ``JOB/uncertainty.nrrd`` (``--uncertainty``), which becomes
   a new scalar volume on the input's exact grid, named after its measure (the ``started``
   event says which: entropy for a dual model, flip variance for one network with TTA) and
-  shown in colour over the image.
+  shown in colour over the image. With a *Region of interest* (a markups ROI box around the
+  heart) only the inside is predicted (``--roi``, the box in the volume's own RAS frame); the
+  label keeps the input's grid and is 0 outside. ``warning`` events (e.g. a left atrium far
+  larger than any in the training data: the scan shows more than the heart) are collected in
+  :attr:`SegmentTask.warnings` and added to the status.
 * **Suggest next to label**: the Fine-tune panel's unlabeled volumes are exported to
   ``JOB/scans/``; ``dkuxnet rank`` scores each by the current model's mean uncertainty over its
   predicted foreground and border and writes ``JOB/ranking.csv``; the rows, mapped back to the
@@ -102,6 +106,16 @@ UNCERTAINTY_HIDDEN_SHARE = 0.05
 # The node attribute that names a map's measure (a key of UNCERTAINTY_LABELS).
 UNCERTAINTY_MEASURE_ATTRIBUTE = "DKUXNet.UncertaintyMeasure"
 RANKING_TABLE_NAME = "DKUXNet next to label"
+# Decimals of the region of interest's corners on the command line, in mm (0.1 µm: far below
+# any voxel).
+ROI_DECIMALS = 4
+# Added to the child's region-of-interest errors: its coordinates are in the volume's own frame,
+# which is not what the views show for a volume under a transform.
+ROI_PANEL_WORDS = (
+    "\nIn this panel the box is the 'Region of interest' ROI, given to the model in the "
+    "volume's own coordinates (before any parent transform): place it over the heart in the "
+    "volume, or choose no region of interest."
+)
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -335,6 +349,15 @@ class Parameters:
         self.node.SetNodeReferenceID("InputVolume", node.GetID() if node else None)
 
     @property
+    def roi(self) -> slicer.vtkMRMLMarkupsROINode | None:
+        """``None``: segment the whole volume; a markups ROI: only the box around the heart."""
+        return self.node.GetNodeReference("RegionOfInterest")
+
+    @roi.setter
+    def roi(self, node: slicer.vtkMRMLNode | None) -> None:
+        self.node.SetNodeReferenceID("RegionOfInterest", node.GetID() if node else None)
+
+    @property
     def output_segmentation(self) -> slicer.vtkMRMLSegmentationNode | None:
         """``None``: create a new segmentation; a node: replace its left-atrium segment."""
         return self.node.GetNodeReference("OutputSegmentation")
@@ -502,6 +525,8 @@ class SegmentTask(Task):
 
     With ``uncertainty_path`` the child also writes the uncertainty map there; it becomes
     :attr:`uncertainty_result`, a scalar volume named after :attr:`uncertainty_measure`.
+    The child's ``warning`` events (a result that looks implausible) are kept, in order, in
+    :attr:`warnings` for the front end to show; a completed task also lists them in its status.
     """
 
     def __init__(
@@ -521,6 +546,7 @@ class SegmentTask(Task):
         self.keep_folder = keep_folder
         self.uncertainty_path = uncertainty_path
         self.uncertainty_measure: str | None = None
+        self.warnings: list[str] = []
         self.result: slicer.vtkMRMLSegmentationNode | None = None
         self.uncertainty_result: slicer.vtkMRMLScalarVolumeNode | None = None
 
@@ -545,6 +571,10 @@ class SegmentTask(Task):
             self.progress = 0.0
             self.status = f"started on {event.get('device', '?')}"
             self.uncertainty_measure = event.get("uncertainty") or self.uncertainty_measure
+        elif kind == "warning":
+            message = str(event.get("message") or "the model reported an unnamed warning")
+            self.warnings.append(message)
+            log.warning("segmenting %s: %s", event.get("case", "?"), message)
 
     def _on_success(self) -> None:
         volume_node = self.scene.GetNodeByID(self.volume_node_id)
@@ -565,6 +595,7 @@ class SegmentTask(Task):
         super()._on_success()
         if self.uncertainty_result is not None:
             self.status += f"; uncertainty: {self.uncertainty_result.GetName()}"
+        self.status += "".join(f"; warning: {message}" for message in self.warnings)
         if not self.keep_folder:
             shutil.rmtree(self.job.folder, ignore_errors=True)
 
@@ -869,6 +900,8 @@ def _with_panel_words(error: str) -> str:
     """The child's message, with its command-line option named as the panel names it."""
     if "--tta" in error:
         error += "\nIn this panel, --tta is the 'Test-time augmentation' check box."
+    if "region of interest" in error.lower():
+        error += ROI_PANEL_WORDS
     return error
 
 
@@ -1049,6 +1082,7 @@ class DKUXNetLogic:
         segmentation_node: slicer.vtkMRMLSegmentationNode | None = None,
         keep_folder: bool = False,
         uncertainty: bool = False,
+        roi_node: slicer.vtkMRMLMarkupsROINode | None = None,
     ) -> SegmentTask:
         """Export the volume and start ``dkuxnet predict`` on it; returns the running task.
 
@@ -1056,9 +1090,21 @@ class DKUXNetLogic:
         left-atrium segment), which only happens when the user chose it. ``uncertainty``
         also writes the uncertainty map (the measure ``auto`` stands for: entropy for a dual
         model, flip variance for one network with ``tta``; one network without ``tta`` is
-        refused by the child) and shows it as a new volume over the input.
+        refused by the child) and shows it as a new volume over the input. ``roi_node``
+        limits the prediction to the axis-aligned box around that ROI, taken in the volume's
+        own frame (:func:`slicer_bridge.roi_bounds_in_volume_frame`); the child refuses a box
+        that misses the image.
+
+        Raises:
+            InputError: a bad device, or an ROI that cannot be used (not placed, under a
+                non-linear transform); nothing is started then.
         """
         _check_device(device)
+        roi_bounds = (
+            slicer_bridge.roi_bounds_in_volume_frame(roi_node, volume_node)
+            if roi_node is not None
+            else None
+        )
         folder = _new_job_folder(self.jobs_dir, "segment")
         input_path = folder / "input.nrrd"
         write_volume(slicer_bridge.volume_from_node(volume_node), input_path)
@@ -1069,7 +1115,15 @@ class DKUXNetLogic:
         args += [str(folder / EVENTS_FILE)] + (["--tta"] if tta else [])
         if uncertainty_path is not None:
             args += ["--uncertainty", str(uncertainty_path)]
-        config = {"task": "segment", "volume": volume_node.GetName(), "model": str(model)}
+        config: dict[str, Any] = {
+            "task": "segment",
+            "volume": volume_node.GetName(),
+            "model": str(model),
+        }
+        if roi_node is not None and roi_bounds is not None:
+            # One argument with "=": a value that starts with "-" would read as an option.
+            args.append("--roi=" + ",".join(f"{v:.{ROI_DECIMALS}f}" for v in roi_bounds))
+            config["roi"] = {"node": roi_node.GetName(), "bounds_ras": list(roi_bounds)}
         job = Job(folder, self.command_factory(args), config=config).start()
         return SegmentTask(
             job, volume_node, output_path, segmentation_node, keep_folder, uncertainty_path

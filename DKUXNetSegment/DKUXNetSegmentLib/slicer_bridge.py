@@ -21,10 +21,13 @@ Parent transforms are not hardened: a volume under a transform yields its local 
 the child process sees), and a label computed on that grid is imported from under the same
 transform, so it lands on the volume wherever the transform puts it. A new segmentation is placed
 under the volume's transform; an existing one keeps its own, and Slicer maps the label into it.
+A region of interest (a markups ROI box, possibly rotated, possibly under its own transform) is
+handed to the child the same way, in the volume's local frame (:func:`roi_bounds_in_volume_frame`).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -32,6 +35,7 @@ import numpy as np
 import slicer
 import vtk
 
+from dkuxnet.errors import InputError
 from dkuxnet.io import Volume
 
 log = logging.getLogger(__name__)
@@ -80,6 +84,52 @@ def _grid_of(node: slicer.vtkMRMLVolumeNode) -> Volume:
     spacing, origin, direction = volume_geometry_from_ijk_to_ras(_ijk_to_ras_of(node))
     array = slicer.util.arrayFromVolume(node)
     return Volume(array=array, spacing=spacing, origin=origin, direction=direction)
+
+
+def roi_bounds_in_volume_frame(
+    roi_node: slicer.vtkMRMLMarkupsROINode, volume_node: slicer.vtkMRMLVolumeNode
+) -> tuple[float, float, float, float, float, float]:
+    """The axis-aligned box around an ROI's 8 corners, in the volume node's own RAS frame.
+
+    The frame is the volume's before its parent transform, i.e. the physical space of the file
+    :func:`volume_from_node` exports (in RAS, not LPS). The ROI may be rotated and may be under a
+    transform of its own; both transforms are taken into account, so the box holds the ROI
+    wherever the views show it. A rotated ROI gives the (larger) axis-aligned box around it.
+
+    Returns:
+        ``(R1, A1, S1, R2, A2, S2)``: the low corner and the high corner, in millimetres (the
+        order of ``dkuxnet predict --roi``).
+
+    Raises:
+        InputError: the ROI has no size yet (not placed), or the ROI or the volume is under a
+            non-linear transform (a box cannot be mapped through it).
+    """
+    for node in (roi_node, volume_node):
+        transform = node.GetParentTransformNode()
+        if transform is not None and not transform.IsTransformToWorldLinear():
+            raise InputError(
+                f"the region of interest cannot be mapped onto {volume_node.GetName()!r}: "
+                f"{node.GetName()!r} is under the non-linear transform {transform.GetName()!r}. "
+                "Harden that transform (Data module: right-click, Harden transform) or choose "
+                "no region of interest."
+            )
+    object_bounds = [0.0] * 6
+    roi_node.GetObjectBounds(object_bounds)  # the box in its own (object) frame, centred on 0
+    extent = np.reshape(object_bounds, (3, 2))  # per axis: (low, high)
+    if not np.all(extent[:, 1] > extent[:, 0]):
+        raise InputError(
+            f"the region of interest {roi_node.GetName()!r} has no size yet: place the box "
+            "around the heart (Markups ROI tool), then segment"
+        )
+    corners = np.array([[*corner, 1.0] for corner in itertools.product(*extent)]).T  # (4, 8)
+    roi_to_volume = vtk.vtkMatrix4x4()  # ROI's parent frame -> volume's parent frame
+    slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(
+        roi_node.GetParentTransformNode(), volume_node.GetParentTransformNode(), roi_to_volume
+    )
+    object_to_node = slicer.util.arrayFromVTKMatrix(roi_node.GetObjectToNodeMatrix())
+    ras = (slicer.util.arrayFromVTKMatrix(roi_to_volume) @ object_to_node @ corners)[:3]
+    (r1, a1, s1), (r2, a2, s2) = ras.min(axis=1).tolist(), ras.max(axis=1).tolist()
+    return r1, a1, s1, r2, a2, s2
 
 
 # ---------------------------------------------------------------------------------- volumes
