@@ -52,6 +52,11 @@ if SUPPORTED:  # on an older Slicer the panel shows unsupported_reason() instead
 
 POLL_INTERVAL_MS = 500
 MODEL_FILE_FILTERS = ["Model checkpoint (*.pt)"]
+ROI_TOOLTIP = (
+    "Optional. Place a box around the heart (Markups toolbar: ROI) when the scan shows more than "
+    "the heart, e.g. the whole chest: only the inside of the box is segmented. The bundled model "
+    "was trained on scans cropped around the heart and finds other tissue on full-field scans."
+)
 
 
 # ---------------------------------------------------------------------------------- module
@@ -69,7 +74,9 @@ class DKUXNetSegment(ScriptedLoadableModule):
             "labeled and unlabeled scans (semi-supervised). Both run in the background: the "
             "progress bar follows them and Cancel stops them.<br>"
             "<b>Segment</b>: pick a volume and click Segment; the result is a new segmentation "
-            "unless you choose one to replace. <i>Show uncertainty</i> also shows where the "
+            "unless you choose one to replace. When the scan shows more than the heart, place a "
+            "box (Markups ROI) around the heart and choose it as <i>Region of interest</i>: "
+            "only its inside is segmented. <i>Show uncertainty</i> also shows where the "
             "model is unsure, in colour over the image (a single-network model such as the "
             "bundled one needs Test-time augmentation for it).<br>"
             "<b>Fine-tune</b>: add volumes with their left-atrium segment, optionally unlabeled "
@@ -114,13 +121,18 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.roiSelector = self._addRoiSelector()
         self.logic = DKUXNetSegmentLogic()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         # GUI -> parameter node
-        for selector in (self.ui.inputVolumeSelector, self.ui.outputSegmentationSelector):
+        for selector in (
+            self.ui.inputVolumeSelector,
+            self.roiSelector,
+            self.ui.outputSegmentationSelector,
+        ):
             selector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
         self.ui.modelSourceComboBox.currentIndexChanged.connect(self.updateParameterNodeFromGUI)
         self.ui.modelPathLineEdit.connect(
@@ -152,6 +164,20 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer.setInterval(POLL_INTERVAL_MS)
         self.timer.timeout.connect(self.onTimer)
         self.initializeParameterNode()
+
+    def _addRoiSelector(self):
+        """The optional "Region of interest" selector, below the input volume in Segment."""
+        selector = slicer.qMRMLNodeComboBox()
+        selector.nodeTypes = ["vtkMRMLMarkupsROINode"]
+        selector.noneEnabled = True
+        selector.noneDisplay = "Whole volume"
+        selector.addEnabled = False  # a new ROI has no size: the Markups toolbar places one
+        selector.removeEnabled = False
+        selector.renameEnabled = True
+        selector.toolTip = ROI_TOOLTIP
+        selector.setMRMLScene(slicer.mrmlScene)
+        self.ui.segmentCollapsibleButton.layout().insertRow(1, "Region of interest:", selector)
+        return selector
 
     def cleanup(self):
         """Module closed (application exit): stop the jobs; they must not outlive Slicer."""
@@ -215,6 +241,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             params = Parameters(self._parameterNode)
             self.ui.inputVolumeSelector.setCurrentNode(params.input_volume)
+            self.roiSelector.setCurrentNode(params.roi)
             self.ui.outputSegmentationSelector.setCurrentNode(params.output_segmentation)
             self.ui.modelSourceComboBox.currentIndex = MODEL_SOURCES.index(params.model_source)
             self._setModelPathBrowsing(params.model_source)
@@ -240,6 +267,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         wasModified = self._parameterNode.StartModify()
         params = Parameters(self._parameterNode)
         params.input_volume = self.ui.inputVolumeSelector.currentNode()
+        params.roi = self.roiSelector.currentNode()
         params.output_segmentation = self.ui.outputSegmentationSelector.currentNode()
         params.model_source = MODEL_SOURCES[self.ui.modelSourceComboBox.currentIndex]
         params.model_path = self.ui.modelPathLineEdit.currentPath
@@ -362,6 +390,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 params.tta,
                 params.output_segmentation,
                 uncertainty=params.show_uncertainty,
+                roiNode=params.roi,
             )
 
         task = self._startShowingErrors("Could not start segmentation.", start)
@@ -495,6 +524,10 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     background=segmentTask.scene.GetNodeByID(segmentTask.volume_node_id)
                 )
                 slicer.util.resetThreeDViews()  # centre the 3D view on the new result
+                if segmentTask.warnings:  # e.g. far too large: the scan shows more than the heart
+                    slicer.util.warningDisplay(
+                        "\n\n".join(segmentTask.warnings), windowTitle="DKUXNet Segment"
+                    )
         if _running(fineTuneTask):
             self._pollTask(fineTuneTask, self.ui.fineTuneProgressBar, self.ui.fineTuneStatusLabel)
             if fineTuneTask.state is JobState.COMPLETED:
@@ -565,10 +598,24 @@ class DKUXNetSegmentLogic(ScriptedLoadableModuleLogic):
         )
 
     def segment(
-        self, volumeNode, model, device="auto", tta=False, segmentationNode=None, uncertainty=False
+        self,
+        volumeNode,
+        model,
+        device="auto",
+        tta=False,
+        segmentationNode=None,
+        uncertainty=False,
+        roiNode=None,
     ):
+        """Segment in the background; ``roiNode`` (a markups ROI) limits it to that box."""
         return self.logic.start_segment(
-            volumeNode, model, device, tta, segmentationNode, uncertainty=uncertainty
+            volumeNode,
+            model,
+            device,
+            tta,
+            segmentationNode,
+            uncertainty=uncertainty,
+            roi_node=roiNode,
         )
 
     def suggestNext(self, volumes, model, device="auto", tta=False):
