@@ -362,7 +362,8 @@ class TrainingConfig(_Section):
         use_segc / use_qdc: switch the segmentation / query-distribution consistency off for
             ablations.
         segc_form: ``cps`` (cross pseudo-supervision, CE against the other's confident
-            argmax) or ``mse`` (MSE between the softmaxes).
+            argmax, mean over all voxels), ``dicece`` (DiceCE against it on the confident voxels
+            only) or ``mse`` (MSE between the softmaxes).
         confidence: tau, the pseudo-label confidence threshold of ``cps``.
         consistency_weight: w_max of the sigmoid ramp-up.
         rampup_fraction: T_r as a fraction of the iterations.
@@ -413,7 +414,7 @@ class TrainingConfig(_Section):
         _normalise_amp(self, s)
         _check_choice(s, "mode", self.mode, ("dual", "supervised"))
         _check_choice(s, "supervised_view", self.supervised_view, ("weak", "strong"))
-        _check_choice(s, "segc_form", self.segc_form, ("cps", "mse"))
+        _check_choice(s, "segc_form", self.segc_form, ("cps", "dicece", "mse"))
         _check_choice(s, "optimizer", self.optimizer, ("adamw", "sgd"))
         _check_choice(s, "schedule", self.schedule, ("poly", "cosine", "constant"))
         _check_positive(s, "iterations", self.iterations)

@@ -6,7 +6,8 @@ Supervised, per network on labeled patches::
 
 Consistency between the two networks A and B (the other side detached)::
 
-    L_segc: cross pseudo-supervision (CE against the other's confident argmax) or MSE of softmaxes
+    L_segc: cross pseudo-supervision (CE against the other's confident argmax, or DiceCE on the
+            confident voxels) or MSE of softmaxes
     L_qdc:  symmetric KL between the group distributions G of A and B
 
 Every cross-entropy is a mean over voxels (the public code's voxel sum swamps everything else).
@@ -73,6 +74,10 @@ def segmentation_consistency(
 
     ``cps``: CE of both student heads against the teacher's argmax where the teacher's
     probability exceeds ``confidence`` (mean over all voxels, unconfident ones count zero).
+    ``dicece``: the supervised loss's form on the confident voxels only: their mean CE (divided
+    by the confident voxels, not all) plus the soft Dice of the student's softmax against the
+    one-hot pseudo-label, both restricted to the confident voxels (per class, mean over batch
+    and classes) — a pseudo-label as strong as a label where the teacher is sure.
     ``mse``: mean squared error between the student's and the teacher's softmaxes.
     """
     with torch.no_grad():
@@ -83,11 +88,31 @@ def segmentation_consistency(
             conf, pseudo = target_probs.max(dim=1)  # (B, *S)
             ce = F.cross_entropy(logits.float(), pseudo, reduction="none")
             losses.append((ce * (conf > confidence).float()).mean())
+        elif form == "dicece":
+            conf, pseudo = target_probs.max(dim=1)
+            losses.append(_confident_dice_ce(logits.float(), pseudo, conf > confidence))
         elif form == "mse":
             losses.append(F.mse_loss(torch.softmax(logits.float(), dim=1), target_probs))
         else:
-            raise ValueError(f"segc form must be cps or mse, got {form!r}")
+            raise ValueError(f"segc form must be cps, dicece or mse, got {form!r}")
     return torch.stack(losses).mean()
+
+
+def _confident_dice_ce(
+    logits: torch.Tensor, pseudo: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """CE + soft Dice of ``(B, K, *S)`` logits against ``(B, *S)`` labels on ``mask`` only."""
+    weight = mask.float()
+    count = weight.sum()
+    if count == 0:  # no confident voxel: nothing to learn from (keeps the graph, value 0)
+        return logits.sum() * 0.0
+    ce = (F.cross_entropy(logits, pseudo, reduction="none") * weight).sum() / count
+    probs = torch.softmax(logits, dim=1) * weight[:, None]
+    onehot = F.one_hot(pseudo, logits.shape[1]).movedim(-1, 1).float() * weight[:, None]
+    dims = tuple(range(2, logits.dim()))
+    overlap = (probs * onehot).sum(dims)
+    dice = (2 * overlap + _EPS) / (probs.sum(dims) + onehot.sum(dims) + _EPS)
+    return ce + (1 - dice).mean()
 
 
 def query_distribution_consistency(student: ModelOutput, teacher: ModelOutput) -> torch.Tensor:
