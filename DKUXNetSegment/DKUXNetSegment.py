@@ -52,11 +52,6 @@ if SUPPORTED:  # on an older Slicer the panel shows unsupported_reason() instead
 
 POLL_INTERVAL_MS = 500
 MODEL_FILE_FILTERS = ["Model checkpoint (*.pt)"]
-ROI_TOOLTIP = (
-    "Optional. Place a box around the heart (Markups toolbar: ROI) when the scan shows more than "
-    "the heart, e.g. the whole chest: only the inside of the box is segmented. The bundled model "
-    "was trained on scans cropped around the heart and finds other tissue on full-field scans."
-)
 
 
 # ---------------------------------------------------------------------------------- module
@@ -121,7 +116,6 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.roiSelector = self._addRoiSelector()
         self.logic = DKUXNetSegmentLogic()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -130,7 +124,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # GUI -> parameter node
         for selector in (
             self.ui.inputVolumeSelector,
-            self.roiSelector,
+            self.ui.roiSelector,
             self.ui.outputSegmentationSelector,
         ):
             selector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateParameterNodeFromGUI)
@@ -164,20 +158,6 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer.setInterval(POLL_INTERVAL_MS)
         self.timer.timeout.connect(self.onTimer)
         self.initializeParameterNode()
-
-    def _addRoiSelector(self):
-        """The optional "Region of interest" selector, below the input volume in Segment."""
-        selector = slicer.qMRMLNodeComboBox()
-        selector.nodeTypes = ["vtkMRMLMarkupsROINode"]
-        selector.noneEnabled = True
-        selector.noneDisplay = "Whole volume"
-        selector.addEnabled = False  # a new ROI has no size: the Markups toolbar places one
-        selector.removeEnabled = False
-        selector.renameEnabled = True
-        selector.toolTip = ROI_TOOLTIP
-        selector.setMRMLScene(slicer.mrmlScene)
-        self.ui.segmentCollapsibleButton.layout().insertRow(1, "Region of interest:", selector)
-        return selector
 
     def cleanup(self):
         """Module closed (application exit): stop the jobs; they must not outlive Slicer."""
@@ -241,7 +221,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             params = Parameters(self._parameterNode)
             self.ui.inputVolumeSelector.setCurrentNode(params.input_volume)
-            self.roiSelector.setCurrentNode(params.roi)
+            self.ui.roiSelector.setCurrentNode(params.roi)
             self.ui.outputSegmentationSelector.setCurrentNode(params.output_segmentation)
             self.ui.modelSourceComboBox.currentIndex = MODEL_SOURCES.index(params.model_source)
             self._setModelPathBrowsing(params.model_source)
@@ -267,7 +247,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         wasModified = self._parameterNode.StartModify()
         params = Parameters(self._parameterNode)
         params.input_volume = self.ui.inputVolumeSelector.currentNode()
-        params.roi = self.roiSelector.currentNode()
+        params.roi = self.ui.roiSelector.currentNode()
         params.output_segmentation = self.ui.outputSegmentationSelector.currentNode()
         params.model_source = MODEL_SOURCES[self.ui.modelSourceComboBox.currentIndex]
         params.model_path = self.ui.modelPathLineEdit.currentPath
