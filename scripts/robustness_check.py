@@ -13,6 +13,10 @@ these conditions, next to the plain one:
   tissue texture with the crop's own background statistics and dark noisy air outside it.
   ``full-fov+blobs`` adds five bright blood-pool-like blobs (the other heart chambers and
   vessels) with the atrium's intensity statistics — things a model can mistake for the atrium.
+* ``full-fov ROI+20mm``, ``full-fov+blobs ROI+20mm`` / ``ROI+40mm``: the same scans predicted
+  inside a region of interest (``predict --roi``, the Slicer panel's *Region of interest*): the
+  atrium's bounding box grown by 20 or 40 mm on every side, a loose box as a user would draw it
+  (with 40 mm it reaches into the synthetic surroundings on most scans).
 * ``1.0 mm`` / ``1.25 mm``: the scan resampled to that isotropic spacing (linear image,
   nearest label), scored on that grid.
 * ``flip-stored`` / ``rot90-stored``: the same physical image stored in another voxel order
@@ -20,6 +24,10 @@ these conditions, next to the plain one:
   as scanners and converters deliver them. The prediction must not change.
 * ``mirrored``: the anatomy itself mirrored left-right (direction unchanged): a model trained on
   one orientation may not recognise it; reported to show what orientation handling buys.
+
+For every condition the script also counts the predictions on which ``predict`` would have
+warned (the volume check of :mod:`dkuxnet.inference.roi`: empty, or far outside the training
+labels' volume range the checkpoint records).
 
 Timing is not reported (see ``benchmarks/predict_speed.py``); a shared CPU changes no figure.
 """
@@ -33,6 +41,7 @@ import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -40,11 +49,12 @@ from scipy import ndimage
 
 from dkuxnet.data import load_dataset
 from dkuxnet.inference import Predictor
+from dkuxnet.inference.roi import box_from_ras, volume_warning
 from dkuxnet.io import Volume, read_label, read_volume
 from dkuxnet.metrics import case_metrics
 
 FULL_FOV = 576
-Case = tuple[Volume, Volume]  # image, label
+Case = tuple[Any, ...]  # image, label[, (RAS corner, RAS corner) of a region of interest]
 Condition = Callable[[Volume, Volume, np.random.Generator], Case]
 
 
@@ -111,6 +121,29 @@ def _full_fov(
     return on_canvas(canvas.astype(np.float32)), on_canvas(big_label)
 
 
+def full_fov_roi(blobs: int, margin_mm: float) -> Condition:
+    """``full-fov`` (with ``blobs``) predicted inside a region of interest: the atrium's bounding
+    box grown by ``margin_mm`` on every side, as a user would draw a loose box around it (given
+    to the predictor as RAS corners, the way ``predict --roi`` and the Slicer panel pass it)."""
+
+    def condition(image: Volume, label: Volume, rng: np.random.Generator) -> Case:
+        img, lab = _full_fov(image, label, rng, blobs)
+        grow = np.round(margin_mm / np.asarray(img.spacing)[::-1]).astype(int)  # (z, y, x)
+        hits = np.nonzero(lab.array)
+        low = [int(h.min()) - g for h, g in zip(hits, grow, strict=True)]
+        high = [int(h.max()) + g for h, g in zip(hits, grow, strict=True)]
+
+        def ras(kji: list[int]) -> np.ndarray:
+            lps = np.asarray(img.origin) + np.asarray(img.direction) @ (
+                np.asarray(kji[::-1], np.float64) * np.asarray(img.spacing)
+            )
+            return lps * np.array([-1.0, -1.0, 1.0])
+
+        return img, lab, (ras(low), ras(high))
+
+    return condition
+
+
 def resampled(spacing: float) -> Condition:
     def condition(image: Volume, label: Volume, rng: np.random.Generator) -> Case:
         src = image.to_sitk()
@@ -167,6 +200,9 @@ CONDITIONS: dict[str, Condition | None] = {
     "padded": full_fov(blobs=0, constant=True),
     "full-fov": full_fov(blobs=0),
     "full-fov+blobs": full_fov(blobs=5),
+    "full-fov ROI+20mm": full_fov_roi(blobs=0, margin_mm=20.0),
+    "full-fov+blobs ROI+20mm": full_fov_roi(blobs=5, margin_mm=20.0),
+    "full-fov+blobs ROI+40mm": full_fov_roi(blobs=5, margin_mm=40.0),
     "1.0 mm": resampled(1.0),
     "1.25 mm": resampled(1.25),
     "flip-stored": restored((0, 1, 2), flip_x=True),
@@ -197,21 +233,27 @@ def main() -> int:
         for name in args.conditions:
             make = CONDITIONS[name]
             rng = np.random.default_rng(zlib.crc32(case.name.encode()))
-            img, lab = (image, label) if make is None else make(image, label, rng)
-            pred = predictor.predict_volume(img).label
+            img, lab, *roi = (image, label) if make is None else make(image, label, rng)
+            box = box_from_ras(img, *roi[0]) if roi else None
+            pred = predictor.predict_volume(img, roi=box).label
             assert pred.geometry_differences(img) == []
             row[name] = case_metrics(pred.array, lab.array)["dice"]
+            # would `predict` have warned? (the volume check against the training labels)
+            row[f"{name} warned"] = volume_warning(pred, predictor.label_volume_ml) is not None
         rows.append(row)
         print(" ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()),
               file=sys.stderr, flush=True)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
-    print(f"{'condition':14s} {'Dice %':>7s} {'sd':>6s} {'vs plain':>9s}  ({len(rows)} test scans)")
+    print(f"{'condition':24s} {'Dice %':>7s} {'sd':>6s} {'min':>6s} {'max':>6s} {'vs plain':>9s} "
+          f"{'warned':>7s}  ({len(rows)} test scans)")  # fmt: skip
     for name in args.conditions:
         values = [100 * float(r[name]) for r in rows]  # type: ignore[arg-type]
         delta = statistics.mean(values) - statistics.mean(100 * float(r["plain"]) for r in rows)  # type: ignore[arg-type]
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        print(f"{name:14s} {statistics.mean(values):7.2f} {sd:6.2f} {delta:+9.2f}")
+        warned = sum(bool(r[f"{name} warned"]) for r in rows)
+        print(f"{name:24s} {statistics.mean(values):7.2f} {sd:6.2f} {min(values):6.2f} "
+              f"{max(values):6.2f} {delta:+9.2f} {warned:4d}/{len(rows)}")  # fmt: skip
     return 0
 
 

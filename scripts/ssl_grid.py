@@ -18,6 +18,12 @@ differs:
 5. ``qdc-only``           dual with L_qdc only
 6. ``dual``               the method: L_segc + L_qdc
 7. ``unet``               MONAI's UNet, supervised (``dkuxnet.model.baseline``)
+8-10. ``dual-w0.3|1|3``   the method with consistency weight w_max 0.3, 1 or 3 (default 0.1)
+11. ``dual-dicece``       the method with DiceCE on the confident voxels as L_segc
+12. ``dual-dicece-w1``    the same with w_max 1
+
+``--known CSV`` reads cells scored on another machine (a ``per_seed.csv`` kept in the
+repository, ``docs/ssl_grid/per_seed.csv``): they are not run again and count in the table.
 
 Runs go to ``OUT/<labels>/<config>/seed<seed>``. Configurations 1, 3, 6 and 7 come first, seed
 by seed (each seed: both label counts, every configuration), then the others the same way, so
@@ -58,6 +64,12 @@ CONFIGS: dict[int, tuple[str, str, dict[str, Any], str | None]] = {
     5: ("qdc-only", "dual", {"use_segc": False}, None),
     6: ("dual", "dual", {}, None),
     7: ("unet", "supervised", {}, "unet"),
+    # the consistency strength (the issue's sweep; w = 0.1 is config 6) and the pseudo-label form
+    8: ("dual-w0.3", "dual", {"consistency_weight": 0.3}, None),
+    9: ("dual-w1", "dual", {"consistency_weight": 1.0}, None),
+    10: ("dual-w3", "dual", {"consistency_weight": 3.0}, None),
+    11: ("dual-dicece", "dual", {"segc_form": "dicece"}, None),
+    12: ("dual-dicece-w1", "dual", {"segc_form": "dicece", "consistency_weight": 1.0}, None),
 }
 RECIPE = (
     "data.target_spacing=[2.5,2.5,2.5]",
@@ -132,8 +144,42 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {sd:.2f}"
 
 
+def scored_cells(out: Path) -> dict[tuple[int, int, int], dict]:
+    """Every scored cell under ``out`` (also those of another grid process on the same folder)."""
+    results = {}
+    for number, (name, *_) in CONFIGS.items():
+        for path in sorted(out.glob(f"*/{name}/seed*/{SCORES}")):
+            labels, seed = int(path.parent.parent.parent.name), int(path.parent.name[4:])
+            results[(number, labels, seed)] = json.loads(path.read_text())
+    return results
+
+
+def known_cells(path: Path | None) -> dict[tuple[int, int, int], dict]:
+    """Cells of a ``per_seed.csv`` (scored elsewhere), in the shape of a scored cell."""
+    if path is None or not path.exists():
+        return {}
+    results = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            number = int(row["config"].split()[0])
+            if CONFIGS.get(number, ("",))[0] != row["config"].split(maxsplit=1)[1]:
+                raise SystemExit(f"{path}: configuration {row['config']!r} is not this script's")
+            summary = {
+                m: {"mean": float(row[m]) / (100 if m in ("dice", "jaccard") else 1)}
+                for m in METRICS
+            }
+            seconds = 60 * float(row["train_minutes"])
+            results[(number, int(row["labeled"]), int(row["seed"]))] = {
+                "summary": summary,
+                "train_seconds": seconds,
+            }
+    return results
+
+
 def write_results(results: dict[tuple[int, int, int], dict], args: argparse.Namespace) -> None:
     """``table.md``, ``per_seed.csv`` and ``grid.png`` from every scored cell so far."""
+    # cells scored by another process (e.g. one per label count) or elsewhere count too
+    results = {**known_cells(args.known), **scored_cells(args.out), **results}
     rows = []
     for (number, labels, seed), r in sorted(results.items()):
         s = r["summary"]
@@ -177,7 +223,7 @@ def write_results(results: dict[tuple[int, int, int], dict], args: argparse.Name
         if any(c != "–" for c in cells):
             lines.append(f"| {number} {CONFIGS[number][0]} | " + " | ".join(cells + extra) + " |")
     lines += ["", "Paired differences, dual (6) minus arm, test Dice points, per seed:", ""]
-    for arm in (1, 3, 7, 2, 4, 5):
+    for arm in (1, 3, 7, 2, 4, 5, 8, 9, 10, 11, 12):
         for labels in labels_list:
             diffs = []
             for (c, n, seed), r in sorted(results.items()):
@@ -234,6 +280,7 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=1000)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--table-only", action="store_true", help="only rewrite the results")
+    p.add_argument("--known", type=Path, help="per_seed.csv of cells scored elsewhere (skipped)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if unknown := [c for c in args.configs if c not in CONFIGS]:
@@ -246,7 +293,7 @@ def main() -> None:
             if args.la_data is None:
                 p.error(f"{data_dir} is missing: pass --la-data to import the scans")
             import_la(args.la_data, data_dir, labeled=labels, overwrite=True)
-    results: dict[tuple[int, int, int], dict] = {}
+    results = {k: v for k, v in known_cells(args.known).items() if k[0] in args.configs}
     for number in args.configs:  # already scored cells first, so the table is complete early
         for labels in args.labels:
             for seed in args.seeds:
