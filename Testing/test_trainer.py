@@ -311,3 +311,36 @@ def test_gradient_probe_logs_both_norms_and_leaves_the_run_unchanged(
     assert all(not k.startswith("grad_norm") for e in iters for k in e["losses"])
     with pytest.raises(ConfigError, match="grad_probe_every"):
         tiny_config(grad_probe_every=-1)
+
+
+@pytest.mark.parametrize("how", ["copy", "perturb", "fresh"])
+def test_fine_tune_start_of_network_b(dataset: Path, tmp_path: Path, how: str) -> None:
+    """From a one-network model: B is A's copy, a noisy copy, or its own random start."""
+    first = tmp_path / "first"
+    Trainer(
+        tiny_config(iterations=1, mode="supervised"), load_dataset(dataset), first, device="cpu"
+    ).run()
+    init = load_checkpoint(first / "best.pt")["networks"][0]
+    cfg = tiny_config(mode="dual", init_b=how, init_b_noise=0.1)
+    trainer = Trainer(
+        cfg, load_dataset(dataset), tmp_path / "tuned", device="cpu", init=first / "best.pt"
+    )
+    a, b = (n.state_dict() for n in trainer._build_networks())
+    assert all(torch.equal(a[k], init[k]) for k in init)  # A always starts from the model
+    weights = [k for k in init if init[k].is_floating_point() and init[k].numel() > 1]
+    if how == "copy":
+        assert all(torch.equal(b[k], init[k]) for k in init)
+    elif how == "perturb":
+        for k in weights:
+            if init[k].numel() >= 100 and float(init[k].std()) > 0:  # a steady std estimate
+                rel = float((b[k] - init[k]).std() / init[k].std())
+                assert 0.05 < rel < 0.2, (k, rel)
+        assert all(torch.equal(b[k], init[k]) for k in init if k not in weights)  # buffers kept
+    else:
+        differs = [k for k in weights if not torch.equal(b[k], init[k])]
+        assert len(differs) > 0.9 * len(weights)
+    again = Trainer(
+        cfg, load_dataset(dataset), tmp_path / "again", device="cpu", init=first / "best.pt"
+    )
+    b2 = again._build_networks()[1].state_dict()
+    assert all(torch.equal(b[k], b2[k]) for k in b)  # reproducible from the seed

@@ -372,6 +372,12 @@ class TrainingConfig(_Section):
             norm of the supervised losses and of the weighted consistency losses apart (two extra
             backward passes; the update is unchanged) and log them (``grad_norms`` in the
             iteration event); 0 = never. Single-process runs only.
+        init_b: how network B of a dual run starts when ``--init`` names a one-network model
+            (the bundled one, a supervised run): ``copy`` (A and B both get its weights),
+            ``perturb`` (B gets them plus Gaussian noise of ``init_b_noise`` times each
+            tensor's standard deviation, so the two networks disagree from the start) or
+            ``fresh`` (B keeps its random initialisation and learns from the labels and A).
+            A two-network model always starts both networks from their own weights.
         amp: mixed precision: ``auto`` (fp16 on a GPU, bf16 on a CPU with native bf16, else
             fp32), ``bf16``, ``fp16`` (GPU only) or ``off``. Configs from before this setting
             said ``true`` / ``false``: read as ``auto`` / ``off``.
@@ -408,12 +414,16 @@ class TrainingConfig(_Section):
     grad_probe_every: int = 0
     seed: int = 0
     supervised_view: str = "weak"
+    init_b: str = "copy"
+    init_b_noise: float = 0.05
 
     def __post_init__(self) -> None:
         s = self.SECTION
         _normalise_amp(self, s)
         _check_choice(s, "mode", self.mode, ("dual", "supervised"))
         _check_choice(s, "supervised_view", self.supervised_view, ("weak", "strong"))
+        _check_choice(s, "init_b", self.init_b, ("copy", "perturb", "fresh"))
+        _check_positive(s, "init_b_noise", self.init_b_noise, allow_zero=True)
         _check_choice(s, "segc_form", self.segc_form, ("cps", "dicece", "mse"))
         _check_choice(s, "optimizer", self.optimizer, ("adamw", "sgd"))
         _check_choice(s, "schedule", self.schedule, ("poly", "cosine", "constant"))

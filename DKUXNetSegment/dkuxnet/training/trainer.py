@@ -133,6 +133,17 @@ def _union(a: list[float] | None, b: Any) -> list[float] | None:
     return b if a is None else [min(a[0], b[0]), max(a[1], b[1])]
 
 
+def _perturb(net: nn.Module, scale: float, seed: int) -> None:
+    """Add Gaussian noise of ``scale`` x each floating parameter's standard deviation."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in net.parameters():
+            if not param.is_floating_point() or param.numel() < 2:
+                continue
+            noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+            param.add_(noise.to(param) * scale * param.detach().float().std())
+
+
 def resample_cases(cases: Sequence[Case], spacing: Sequence[float], cache: Path) -> list[Case]:
     """Cases resampled to ``spacing`` mm (x, y, z), written once into ``cache``.
 
@@ -256,9 +267,15 @@ class Trainer:
             # a fine-tuned model has seen the labels of its starting model too
             self._label_volume_ml = _union(self._label_volume_ml, record.get("label_volume_ml"))
             states = record["networks"]
+            how = self.config.training.init_b
             for i, net in enumerate(networks):
+                if i >= len(states) and how == "fresh":
+                    continue  # network B keeps its own random initialisation
                 net.load_state_dict(states[min(i, len(states) - 1)])
-            log.info("initialised %d network(s) from %s", len(networks), self.init)
+                if i >= len(states) and how == "perturb":
+                    _perturb(net, self.config.training.init_b_noise, seed * 1000 + 17 * i + 2)
+            extra = f" (network B: {how})" if len(states) < len(networks) else ""
+            log.info("initialised %d network(s) from %s%s", len(networks), self.init, extra)
         return networks
 
     def _validation_cases(self, cases: Sequence[Case]) -> list[ValidationCase]:
