@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_slicer_uncertainty import ijk_to_ras
 
 from dkuxnet.commands import predict as predict_command
 from dkuxnet.errors import InputError
@@ -125,15 +126,6 @@ def add_volume(scene, name="Chest", shape=(12, 24, 20), seed=0, ijk_to_ras=None)
     node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras))
     node.CreateDefaultDisplayNodes()
     return node
-
-
-def ijk_to_ras(node) -> np.ndarray:
-    import slicer
-    import vtk
-
-    m = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(m)
-    return slicer.util.arrayFromVTKMatrix(m)
 
 
 def to_world(node) -> np.ndarray:
