@@ -172,8 +172,26 @@ def known_cells(path: Path | None) -> dict[tuple[int, int, int], dict]:
             results[(number, int(row["labeled"]), int(row["seed"]))] = {
                 "summary": summary,
                 "train_seconds": seconds,
+                "grad_ratio": float(row["grad_ratio"]) if row.get("grad_ratio") else None,
             }
     return results
+
+
+def grad_ratio(run: Path, after: float = 0.5) -> float | None:
+    """Mean |grad of the weighted consistency| / |grad of L_sup| over the gradient probes in the
+    last ``1 - after`` of the run (after the ramp-up); ``None`` without probes."""
+    events = run / "events.jsonl"
+    if not events.exists():
+        return None
+    ratios = [
+        e["grad_norms"]["grad_norm_consistency"] / e["grad_norms"]["grad_norm_sup"]
+        for e in read_events(events)
+        if e.get("event") == "iteration"
+        and "grad_norms" in e
+        and e["iteration"] > after * e["total"]
+        and e["grad_norms"]["grad_norm_sup"] > 0
+    ]
+    return statistics.mean(ratios) if ratios else None
 
 
 def write_results(results: dict[tuple[int, int, int], dict], args: argparse.Namespace) -> None:
@@ -190,6 +208,8 @@ def write_results(results: dict[tuple[int, int, int], dict], args: argparse.Name
                 "seed": seed,
                 **{m: (100 if m in ("dice", "jaccard") else 1) * s[m]["mean"] for m in METRICS},
                 "train_minutes": r.get("train_seconds", 0.0) / 60,
+                "grad_ratio": r.get("grad_ratio")
+                or grad_ratio(args.out / str(labels) / CONFIGS[number][0] / f"seed{seed}"),
             }
         )
     with open(args.out / "per_seed.csv", "w", newline="") as f:
@@ -222,6 +242,21 @@ def write_results(results: dict[tuple[int, int, int], dict], args: argparse.Name
             extra.append(" / ".join(f"{statistics.mean(values(m)):.2f}" for m in METRICS[1:]))
         if any(c != "–" for c in cells):
             lines.append(f"| {number} {CONFIGS[number][0]} | " + " | ".join(cells + extra) + " |")
+    ratios = [
+        f"{r['config']} ({r['labeled']} labeled) {statistics.mean(v):.3f}"
+        for r, v in (
+            (r, [x["grad_ratio"] for x in rows if x["config"] == r["config"]
+                 and x["labeled"] == r["labeled"] and x["grad_ratio"]])
+            for r in rows if r["seed"] == min(x["seed"] for x in rows if x["config"] == r["config"])
+        )
+        if v
+    ]  # fmt: skip
+    if ratios:
+        lines += [
+            "",
+            "Gradient norm of the weighted consistency over that of L_sup (mean of the probes "
+            "after half the run, mean over seeds): " + "; ".join(ratios) + ".",
+        ]
     lines += ["", "Paired differences, dual (6) minus arm, test Dice points, per seed:", ""]
     for arm in (1, 3, 7, 2, 4, 5, 8, 9, 10, 11, 12):
         for labels in labels_list:
