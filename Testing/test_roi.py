@@ -26,17 +26,13 @@ def _lps_to_ras(point: np.ndarray) -> np.ndarray:
 
 
 def _centre_ras(volume: Volume, kji: tuple[int, int, int]) -> np.ndarray:
-    ijk = np.array(kji[::-1], np.float64)
-    lps = np.asarray(volume.origin) + np.asarray(volume.direction) @ (ijk * volume.spacing)
-    return _lps_to_ras(lps)
+    return _lps_to_ras(volume.index_to_physical(kji[::-1]))
 
 
 def _inside(volume: Volume, low: np.ndarray, high: np.ndarray) -> np.ndarray:
     """Mask of the voxels whose centre lies in the RAS box [low, high]."""
     k, j, i = np.indices(volume.array.shape)
-    ijk = np.stack([i, j, k], -1).reshape(-1, 3).astype(np.float64)
-    lps = np.asarray(volume.origin) + (ijk * volume.spacing) @ np.asarray(volume.direction).T
-    ras = _lps_to_ras(lps)
+    ras = _lps_to_ras(volume.index_to_physical(np.stack([i, j, k], -1).reshape(-1, 3)))
     inside = np.all((ras >= low) & (ras <= high), axis=1)
     return inside.reshape(volume.array.shape)
 

@@ -134,10 +134,7 @@ def full_fov_roi(blobs: int, margin_mm: float) -> Condition:
         high = [int(h.max()) + g for h, g in zip(hits, grow, strict=True)]
 
         def ras(kji: list[int]) -> np.ndarray:
-            lps = np.asarray(img.origin) + np.asarray(img.direction) @ (
-                np.asarray(kji[::-1], np.float64) * np.asarray(img.spacing)
-            )
-            return lps * np.array([-1.0, -1.0, 1.0])
+            return img.index_to_physical(kji[::-1]) * np.array([-1.0, -1.0, 1.0])
 
         return img, lab, (ras(low), ras(high))
 

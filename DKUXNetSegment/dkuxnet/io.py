@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,6 +135,12 @@ class Volume:
         if array.shape != self.array.shape:
             raise ValueError(f"array shape {array.shape} differs from {self.array.shape}")
         return Volume(array, self.spacing, self.origin, self.direction)
+
+    def index_to_physical(self, ijk: np.ndarray | Sequence[float]) -> np.ndarray:
+        """Physical LPS points of (continuous) ``(i, j, k)`` indices, ``(..., 3) -> (..., 3)``:
+        ``origin + direction @ (spacing * ijk)``."""
+        scaled = np.asarray(ijk, np.float64) * np.asarray(self.spacing)
+        return np.asarray(self.origin) + scaled @ np.asarray(self.direction).T
 
     def to_sitk(self) -> sitk.Image:
         """A SimpleITK image with this array (copied) and geometry."""

@@ -133,9 +133,5 @@ def _ras_extent(volume: Volume) -> str:
     """The image's RAS bounding box of voxel centres, as text."""
     size = np.array(volume.array.shape[::-1], np.float64) - 1
     corners = np.array(list(itertools.product(*[(0.0, s) for s in size])))
-    lps = (
-        np.asarray(volume.origin)
-        + corners @ (np.asarray(volume.direction) * np.asarray(volume.spacing)).T
-    )
-    ras = lps * np.array([-1.0, -1.0, 1.0])
+    ras = volume.index_to_physical(corners) * np.array([-1.0, -1.0, 1.0])
     return f"voxel centres from {_ras_text(ras.min(axis=0))} to {_ras_text(ras.max(axis=0))} RAS mm"
