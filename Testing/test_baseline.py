@@ -47,6 +47,28 @@ def test_unet_preset_is_monai_unet_with_our_output() -> None:
     assert all(p.grad is not None for p in net.parameters())
 
 
+def test_unet_bottleneck_gradients_stay_finite_under_cpu_bf16() -> None:
+    """The CPU bf16 fault the lite network is guarded against (see test_speed_blocks) made the
+    unguarded UNet train to NaN (CI: the pipeline test below, 1 run in 5 here; the grid's
+    16-labeled cell): every convolution must be the guarded kind, and the gradients finite.
+    (This direct probe did not reproduce the fault on the unguarded UNet in 3 tries; the type
+    check is what fails without the guard.)"""
+    torch.manual_seed(0)
+    net = build_model(ModelConfig.preset("unet"))
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert convs and all(type(m) is not torch.nn.Conv3d for m in convs)  # all guarded
+    x = torch.randn(2, 1, 32, 32, 32)  # stride 16: sides 16, 8, 4, 2 -> a bottleneck of 2
+    for _ in range(5):
+        for n in (1_000, 20_000, 100_000):
+            poison = torch.full((n,), float("nan"))
+            del poison
+        net.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = net(x).seg_cnn.float().square().mean()
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
 def test_unknown_architecture_names_the_key() -> None:
     with pytest.raises(ConfigError, match="architecture"):
         ModelConfig(architecture="resnet")

@@ -19,6 +19,7 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from dkuxnet.config import ModelConfig
+from dkuxnet.model.blocks import guard_bf16_convolutions
 from dkuxnet.model.network import ModelOutput
 
 #: MONAI tutorial widths; total stride 16, like the ``lite`` and ``paper`` encoders.
@@ -46,6 +47,10 @@ class UNetBaseline(nn.Module):
             num_res_units=2,
             norm=config.norm_name,
         )
+        # The same CPU bf16 fault our own network is guarded against: a padded convolution
+        # with an output side of 2 (the bottleneck of a 16-32 deep patch at stride 16) gets a
+        # garbage weight gradient under bf16 autocast; unguarded, this UNet trained to NaN.
+        guard_bf16_convolutions(self.unet)
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         """``(B, C, *S) -> ModelOutput`` with every map ``(B, K, *S)``."""
