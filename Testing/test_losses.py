@@ -1,4 +1,4 @@
-"""The consistency losses' pseudo-label forms (``training.segc_form``)."""
+"""The consistency losses' forms (``training.segc_form``, ``training.qdc_form``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ import torch
 
 from dkuxnet.config import TrainingConfig
 from dkuxnet.errors import ConfigError
-from dkuxnet.losses import segmentation_consistency
+from dkuxnet.losses import (
+    affinity_sample,
+    query_affinity_consistency,
+    query_distribution_consistency,
+    segmentation_consistency,
+)
 from dkuxnet.model.network import ModelOutput
 
 SHAPE = (2, 2, 4, 6, 8)  # (B, K, D, H, W)
@@ -78,3 +83,66 @@ def test_unknown_form_is_named() -> None:
     with pytest.raises(ConfigError, match="segc_form"):
         TrainingConfig(segc_form="dice")
     assert TrainingConfig(segc_form="dicece").segc_form == "dicece"
+
+
+def _query_output(query_logits: torch.Tensor, groups: torch.Tensor) -> ModelOutput:
+    """What the qdc forms read: mask logits ``(B, N, *S)`` and groups ``(B, K, *S)``."""
+    b, n = query_logits.shape[:2]
+    k = groups.shape[1]
+    zeros = torch.zeros(b, k, *query_logits.shape[2:])
+    return ModelOutput(zeros, zeros, query_logits, groups, torch.zeros(b, n, k), [])
+
+
+def _clusters(assignment: torch.Tensor, n: int) -> torch.Tensor:
+    """Sharp mask logits (B, N, *S) putting each voxel in cluster ``assignment`` (B, *S)."""
+    return torch.nn.functional.one_hot(assignment, n).movedim(-1, 1).float() * 12.0
+
+
+def test_affinity_ignores_query_numbering_and_sees_what_groups_cannot() -> None:
+    torch.manual_seed(0)
+    size = (2, 4, 6, 8)
+    foreground = torch.zeros(size, dtype=torch.long)
+    foreground[:, 1:3, 2:5, 3:6] = 1
+    groups = torch.stack([1 - foreground.float(), foreground.float()], 1)
+    # background split in two clusters by depth, foreground one cluster; queries 0-1 background
+    split = torch.where(foreground == 1, 2, (torch.arange(4)[None, :, None, None] >= 2).long())
+    a = _query_output(_clusters(split, 3), groups)
+    index = affinity_sample(4 * 6 * 8, 64, seed=1)
+    assert float(query_affinity_consistency(a, a, index)) < 1e-3
+    # the same partition with the two background queries numbered the other way round
+    swapped = torch.where(split == 2, 2, 1 - split)
+    renamed = _query_output(_clusters(swapped, 3), groups)
+    assert float(query_affinity_consistency(renamed, a, index)) < 1e-3
+    # the same classes (equal groups) but the background clustered differently (by width)
+    other = torch.where(foreground == 1, 2, (torch.arange(8)[None, None, None, :] >= 4).long())
+    b = _query_output(_clusters(other, 3), groups)
+    assert float(query_distribution_consistency(b, a)) < 1e-3  # groups: no difference
+    assert float(query_affinity_consistency(b, a, index)) > 1.0  # affinity: a clear one
+
+
+def test_affinity_gradient_reaches_the_student_only() -> None:
+    torch.manual_seed(0)
+    s_logits = torch.randn(2, 5, 4, 6, 8, requires_grad=True)
+    t_logits = torch.randn(2, 5, 4, 6, 8, requires_grad=True)
+    groups = torch.full((2, 2, 4, 6, 8), 0.5)
+    index = affinity_sample(4 * 6 * 8, 32, seed=0)
+    loss = query_affinity_consistency(
+        _query_output(s_logits, groups), _query_output(t_logits, groups), index
+    )
+    loss.backward()
+    assert s_logits.grad is not None and float(s_logits.grad.abs().sum()) > 0
+    assert t_logits.grad is None
+
+
+def test_affinity_sample_is_reproducible_distinct_and_capped() -> None:
+    a, b = affinity_sample(1000, 100, seed=7), affinity_sample(1000, 100, seed=7)
+    assert torch.equal(a, b) and len(set(a.tolist())) == 100 and int(a.max()) < 1000
+    assert not torch.equal(a, affinity_sample(1000, 100, seed=8))
+    assert torch.equal(affinity_sample(50, 100, seed=0), torch.arange(50))
+
+
+def test_unknown_qdc_form_is_named() -> None:
+    with pytest.raises(ConfigError, match="qdc_form"):
+        TrainingConfig(qdc_form="hungarian")
+    with pytest.raises(ConfigError, match="qdc_samples"):
+        TrainingConfig(qdc_samples=0)

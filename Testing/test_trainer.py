@@ -62,8 +62,9 @@ def _finished(run: Path) -> dict:
         {"mode": "dual", "use_qdc": False},
         {"mode": "dual", "segc_form": "mse", "optimizer": "sgd", "schedule": "cosine"},
         {"mode": "dual", "segc_form": "dicece"},
+        {"mode": "dual", "qdc_form": "affinity", "qdc_samples": 64},
     ],
-    ids=["dual", "supervised", "no-segc", "no-qdc", "mse-sgd", "dicece"],
+    ids=["dual", "supervised", "no-segc", "no-qdc", "mse-sgd", "dicece", "affinity"],
 )
 def test_each_mode_runs_and_checkpoints(dataset: Path, tmp_path: Path, training: dict) -> None:
     cfg = tiny_config(**training)

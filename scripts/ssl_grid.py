@@ -22,6 +22,7 @@ differs:
 11. ``dual-dicece``       the method with DiceCE on the confident voxels as L_segc
 12. ``dual-dicece-w1``    the same with w_max 1
 13. ``unet-fp32``         configuration 7 without bf16 autocast (7 diverged in one cell)
+14. ``dual-affinity``     the method with L_qdc in its ``affinity`` form (query co-assignment)
 
 ``--known CSV`` reads cells scored on another machine (a ``per_seed.csv`` kept in the
 repository, ``docs/ssl_grid/per_seed.csv``): they are not run again and count in the table.
@@ -72,8 +73,11 @@ CONFIGS: dict[int, tuple[str, str, dict[str, Any], str | None]] = {
     11: ("dual-dicece", "dual", {"segc_form": "dicece"}, None),
     12: ("dual-dicece-w1", "dual", {"segc_form": "dicece", "consistency_weight": 1.0}, None),
     # MONAI's UNet diverged under bf16 autocast (NaN at iteration 8-11, 16 labeled, seed 0; the
-    # same cell in fp32 trains): the baseline in fp32 where bf16 fails
+    # same cell in fp32 trains): the baseline in fp32 where bf16 fails. (Cause found later: the
+    # CPU bf16 weight-gradient fault of small padded convolutions; the UNet is now guarded.)
     13: ("unet-fp32", "supervised", {"amp": "off"}, "unet"),
+    # L_qdc made to carry query-level information: the networks' voxel co-assignment maps
+    14: ("dual-affinity", "dual", {"qdc_form": "affinity"}, None),
 }
 RECIPE = (
     "data.target_spacing=[2.5,2.5,2.5]",

@@ -364,6 +364,11 @@ class TrainingConfig(_Section):
         segc_form: ``cps`` (cross pseudo-supervision, CE against the other's confident
             argmax, mean over all voxels), ``dicece`` (DiceCE against it on the confident voxels
             only) or ``mse`` (MSE between the softmaxes).
+        qdc_form: ``groups`` (symmetric KL between the two networks' group distributions G,
+            the method's form) or ``affinity`` (symmetric KL between their query co-assignment
+            maps on ``qdc_samples`` sampled voxels: which voxels each network puts in the same
+            cluster; see :func:`dkuxnet.losses.query_affinity_consistency`).
+        qdc_samples: voxels sampled per iteration for the ``affinity`` form.
         confidence: tau, the pseudo-label confidence threshold of ``cps``.
         consistency_weight: w_max of the sigmoid ramp-up.
         rampup_fraction: T_r as a fraction of the iterations.
@@ -390,6 +395,8 @@ class TrainingConfig(_Section):
     use_segc: bool = True
     use_qdc: bool = True
     segc_form: str = "cps"
+    qdc_form: str = "groups"
+    qdc_samples: int = 1024
     confidence: float = 0.8
     consistency_weight: float = 0.1
     rampup_fraction: float = 0.4
@@ -425,6 +432,8 @@ class TrainingConfig(_Section):
         _check_choice(s, "init_b", self.init_b, ("copy", "perturb", "fresh"))
         _check_positive(s, "init_b_noise", self.init_b_noise, allow_zero=True)
         _check_choice(s, "segc_form", self.segc_form, ("cps", "dicece", "mse"))
+        _check_choice(s, "qdc_form", self.qdc_form, ("groups", "affinity"))
+        _check_positive(s, "qdc_samples", self.qdc_samples)
         _check_choice(s, "optimizer", self.optimizer, ("adamw", "sgd"))
         _check_choice(s, "schedule", self.schedule, ("poly", "cosine", "constant"))
         _check_positive(s, "iterations", self.iterations)

@@ -8,7 +8,8 @@ Consistency between the two networks A and B (the other side detached)::
 
     L_segc: cross pseudo-supervision (CE against the other's confident argmax, or DiceCE on the
             confident voxels) or MSE of softmaxes
-    L_qdc:  symmetric KL between the group distributions G of A and B
+    L_qdc:  symmetric KL between the group distributions G of A and B, or (``affinity``)
+            between their query co-assignment maps on sampled voxels
 
 Every cross-entropy is a mean over voxels (the public code's voxel sum swamps everything else).
 Labels are ``(B, 1, *S)`` integer class maps.
@@ -126,3 +127,40 @@ def query_distribution_consistency(student: ModelOutput, teacher: ModelOutput) -
     kl_ts = (g_t * (log_t - log_s)).sum(dim=1)
     kl_st = (g_s * (log_s - log_t)).sum(dim=1)
     return 0.5 * (kl_ts + kl_st).mean()
+
+
+def query_affinity_consistency(
+    student: ModelOutput, teacher: ModelOutput, index: torch.Tensor
+) -> torch.Tensor:
+    """L_qdc, ``affinity`` form, for the ``student``; the ``teacher`` side is detached.
+
+    For K = 2 the group distribution G is nearly the class map, so the ``groups`` form repeats
+    L_segc. This form compares what only the queries know: how each network clusters voxels.
+    With ``q = softmax_n(M)`` at the sampled voxels ``index`` (flat indices into the mask grid,
+    the same for both networks), the co-assignment ``a[i, j] = sum_n q[n, i] q[n, j]`` is the
+    probability that voxels i and j fall in the same cluster. It does not depend on how the
+    queries are numbered, so two independently initialised networks can be compared without
+    matching their queries. Loss: symmetric Bernoulli KL between the two ``a`` maps, mean over
+    voxel pairs and the batch.
+    """
+
+    def coassignment(logits: torch.Tensor) -> torch.Tensor:
+        q = torch.softmax(logits.float().flatten(2)[:, :, index], dim=1)  # (B, N, P)
+        return (q.transpose(1, 2) @ q).clamp(_EPS, 1 - _EPS)  # (B, P, P)
+
+    a_s = coassignment(student.query_logits)
+    with torch.no_grad():
+        a_t = coassignment(teacher.query_logits)
+    kl_ts = a_t * (a_t.log() - a_s.log()) + (1 - a_t) * ((1 - a_t).log() - (1 - a_s).log())
+    kl_st = a_s * (a_s.log() - a_t.log()) + (1 - a_s) * ((1 - a_s).log() - (1 - a_t).log())
+    return 0.5 * (kl_ts + kl_st).mean()
+
+
+def affinity_sample(spatial_size: int, samples: int, seed: int) -> torch.Tensor:
+    """``samples`` distinct flat voxel indices out of ``spatial_size`` (all when fewer), drawn
+    from a generator seeded with ``seed`` (the trainer passes one per iteration, so a resumed
+    run draws what an uninterrupted one would)."""
+    if samples >= spatial_size:
+        return torch.arange(spatial_size)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(spatial_size, generator=g)[:samples]

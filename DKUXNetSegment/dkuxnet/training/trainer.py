@@ -35,6 +35,8 @@ from dkuxnet.device import autocast_dtype, resolve_device
 from dkuxnet.errors import CheckpointError, InputError, OutputExistsError
 from dkuxnet.events import EVENTS_FILE, EventWriter, read_events
 from dkuxnet.losses import (
+    affinity_sample,
+    query_affinity_consistency,
     query_distribution_consistency,
     segmentation_consistency,
     supervised_loss,
@@ -618,7 +620,13 @@ class Trainer:
             if tcfg.use_segc:
                 segc_a = segmentation_consistency(out_a, out_b, tcfg.segc_form, tcfg.confidence)
                 segc_b = segmentation_consistency(out_b, out_a, tcfg.segc_form, tcfg.confidence)
-            if tcfg.use_qdc:
+            if tcfg.use_qdc and tcfg.qdc_form == "affinity":
+                grid = out_a.query_logits[0, 0].numel()
+                index = affinity_sample(grid, tcfg.qdc_samples, tcfg.seed * 1_000_003 + iteration)
+                index = index.to(out_a.query_logits.device)
+                qdc_a = query_affinity_consistency(out_a, out_b, index)
+                qdc_b = query_affinity_consistency(out_b, out_a, index)
+            elif tcfg.use_qdc:
                 qdc_a = query_distribution_consistency(out_a, out_b)
                 qdc_b = query_distribution_consistency(out_b, out_a)
             weight = sigmoid_rampup(
