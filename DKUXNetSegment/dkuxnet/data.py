@@ -623,8 +623,7 @@ def preprocess_la_raw(
         start[axis] = max(lo - int(rng.integers(*crop.margin)) - pad, 0)
         stop[axis] = min(hi + int(rng.integers(*crop.margin)) + pad, fg.shape[axis])
     box = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
-    index_xyz = np.array(start[::-1], dtype=np.float64)
-    origin = np.asarray(image.origin) + image.direction @ (index_xyz * np.asarray(image.spacing))
+    origin = image.index_to_physical(start[::-1])  # (k, j, i) array start -> (i, j, k)
     cropped = Volume(
         np.ascontiguousarray(normalized[box]),
         image.spacing,

@@ -272,7 +272,7 @@ def foreground_box(array: np.ndarray) -> tuple[slice, slice, slice] | None:
 def crop_volume(volume: Volume, box: tuple[slice, slice, slice]) -> Volume:
     """The sub-volume ``volume.array[box]`` with its physical position (origin) kept exact."""
     start_ijk = np.array([box[2].start, box[1].start, box[0].start], dtype=np.float64)  # (i, j, k)
-    origin = np.asarray(volume.origin) + volume.direction @ (start_ijk * np.asarray(volume.spacing))
+    origin = volume.index_to_physical(start_ijk)
     return Volume(
         np.ascontiguousarray(volume.array[box]),
         volume.spacing,
