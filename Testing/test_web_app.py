@@ -18,7 +18,7 @@ if web.missing_modules():
         "bash .ci/web_test_deps installs it",
         allow_module_level=True,
     )
-from DKUXNetSegmentWeb.app import DKUXNetWebApp  # noqa: E402
+from DKUXNetSegmentWeb.app import ROI_LABEL, DKUXNetWebApp  # noqa: E402
 from DKUXNetSegmentWeb.data_folder import DataFolder  # noqa: E402
 
 
@@ -65,3 +65,18 @@ def test_settings_go_to_the_parameter_node(app) -> None:
     assert (params.iterations, params.tta, params.device) == (12, True, "cuda")
     app._on_iterations("0")
     assert "at least 1" in app.state.message and params.iterations == 12
+
+
+def test_the_region_of_interest_field_reaches_segment(app) -> None:
+    html = app.ui.html
+    assert 'id="roi-text"' in html and ROI_LABEL in html
+    assert app.state.roi_text == ""
+    app.state.volume_choice = "case.nrrd"
+    app.load_volume()
+    app._on_roi_text("1,2,3")
+    assert app.session.roi_text == "1,2,3"
+    app.segment()
+    assert "region of interest '1,2,3': expected six numbers" in app.state.message
+    assert app.state.segment_running is False and app.session.segment_task is None
+    app._on_roi_text(None)  # the field's clear button
+    assert app.session.roi_text == ""

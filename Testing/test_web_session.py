@@ -1,7 +1,9 @@
 """DKUXNetSegmentWeb.session on slicer-core: what the page's buttons do, without a browser.
 
 The jobs are real child processes of the stand-in ``Testing/fake_dkuxnet.py`` (as in
-``test_slicer_logic.py``), started by the Slicer module's own ``DKUXNetLogic``.
+``test_slicer_logic.py``), started by the Slicer module's own ``DKUXNetLogic``; the region of
+interest and the warnings use :data:`ROI_STAND_IN`, which does what ``dkuxnet predict`` does
+with ``--roi`` and the model's recorded label volumes, with the core's own functions.
 """
 
 from __future__ import annotations
@@ -25,6 +27,47 @@ from DKUXNetSegmentWeb.data_folder import RUNS, DataFolder  # noqa: E402
 
 FAKE = Path(__file__).resolve().parent / "fake_dkuxnet.py"
 TIMEOUT = 60
+# A stand-in for `dkuxnet predict` whose "model" calls every voxel atrium: as the real command
+# (commands/predict.py), it segments only the voxel box that the core's box_from_ras makes of
+# --roi, and emits the core's volume_warning for the label volumes its model was trained on
+# (STAND_IN_LABEL_ML="smallest,largest" ml; none: only an empty result is reported).
+ROI_STAND_IN = """
+import argparse
+import os
+
+import numpy as np
+
+from dkuxnet.events import EventWriter
+from dkuxnet.io import read_volume, write_volume
+
+parser = argparse.ArgumentParser()
+parser.add_argument("command")
+for option in ("--model", "--input", "--output", "--device", "--events", "--roi"):
+    parser.add_argument(option)
+parser.add_argument("--tta", action="store_true")
+args = parser.parse_args()
+events = EventWriter(args.events)
+events.emit("started", job="predict", total=1, device="cpu", resumed_from=0)
+image = read_volume(args.input)
+label = np.ones(image.array.shape, np.uint8)
+if args.roi:
+    from dkuxnet.inference.roi import box_from_ras, parse_ras_box
+
+    box = box_from_ras(image, *parse_ras_box(args.roi))
+    if box is not None:
+        label[:] = 0
+        label[box] = 1
+from dkuxnet.inference.roi import volume_warning
+
+expected = os.environ.get("STAND_IN_LABEL_ML")
+expected_ml = [float(v) for v in expected.split(",")] if expected else None
+warning = volume_warning(image.with_array(label), expected_ml, "input's segmentation")
+if warning is not None:
+    events.emit("warning", case="input", message=warning)
+write_volume(image.with_array(label), args.output)
+events.emit("output", path=args.output, case="input")
+events.emit("finished", status="completed", error=None)
+"""
 
 
 def fake_factory(args):
@@ -56,6 +99,13 @@ def bright_box(seed: int, shape=(8, 12, 10)) -> tuple[Volume, Volume]:
     return image, image.with_array((array > array.mean()).astype(np.uint8))
 
 
+def straight_volume() -> Volume:
+    """An axis-aligned, anisotropic image (LPS origin (10, -20, 5)): voxel (i, j, k) is centred
+    at RAS (-10 - 0.8 i, 20 - 0.9 j, 5 + 2.5 k)."""
+    array = np.random.default_rng(3).normal(0, 1, (8, 12, 10)).astype(np.float32)
+    return Volume(array=array, spacing=(0.8, 0.9, 2.5), origin=(10, -20, 5))
+
+
 @pytest.fixture()
 def data(tmp_path: Path) -> DataFolder:
     root = tmp_path / "data"
@@ -64,6 +114,7 @@ def data(tmp_path: Path) -> DataFolder:
         write_volume(image, root / f"case{i}.nrrd")
         write_volume(label, root / "labels" / f"case{i}_label.nrrd")
     write_volume(bright_box(5, shape=(6, 6, 6))[1], root / "labels" / "wrong_grid.nrrd")
+    write_volume(straight_volume(), root / "straight.nrrd")
     return DataFolder(root)
 
 
@@ -75,6 +126,15 @@ def session(scene, data, tmp_path):
     web = session_module.WebSession(logic, data, RecordingViews())
     web.parameters.model_source, web.parameters.model_path = "file", str(FAKE)  # any file
     return web
+
+
+@pytest.fixture()
+def roi_session(session, tmp_path: Path):
+    """The session with :data:`ROI_STAND_IN` as ``dkuxnet``."""
+    script = tmp_path / "roi_stand_in.py"
+    script.write_text(ROI_STAND_IN)
+    session.logic.command_factory = lambda args: [sys.executable, str(script), *args]
+    return session
 
 
 def wait(session, task, timeout: float = TIMEOUT) -> JobState:
@@ -167,6 +227,90 @@ def test_no_model_is_a_message_not_a_crash(session) -> None:
     with pytest.raises(InputError, match="not found"):
         session.segment()
     assert session.view_state()["model_text"].startswith("no model")
+
+
+# ------------------------------------------------------------------ region of interest
+def roi_nodes(session) -> list[Any]:
+    nodes = session.scene.GetNodesByClass("vtkMRMLMarkupsROINode")
+    return [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("1,2,3,4,5", "expected six numbers R1,A1,S1,R2,A2,S2"),
+        ("1,2,3,4,5,six", "expected six numbers"),
+        ("1,2,3,4,5,nan", "expected six numbers"),
+        ("-12,17,16,-15,13.5,16", "no extent along at least one axis"),
+    ],
+)
+def test_a_bad_region_of_interest_starts_nothing(session, tmp_path, text, problem) -> None:
+    session.load_volume("straight.nrrd")
+    session.roi_text = text
+    with pytest.raises(InputError, match=problem) as raised:
+        session.segment()
+    assert f"region of interest {text!r}" in str(raised.value)
+    assert session.segment_task is None and not (tmp_path / "jobs").exists()
+    assert roi_nodes(session) == [] and session.parameters.roi is None
+
+
+def test_segment_with_a_region_of_interest_is_background_outside_it(roi_session, data) -> None:
+    """The box's faces are 0.1 to 1 mm from every voxel centre and voxel boundary; the corners
+    are typed in any order, with spaces."""
+    from test_slicer_roi import in_box, voxel_centres
+    from test_slicer_uncertainty import ijk_to_ras
+
+    from DKUXNetSegmentLib import slicer_bridge
+
+    session = roi_session
+    volume = session.load_volume("straight.nrrd")
+    session.roi_text = "-12.1, 17, 16, -15.3, 13.5, 9"
+    task = session.segment()
+    assert wait(session, task) is JobState.COMPLETED, task.error
+    assert session.message == "Segmentation finished."  # no warning
+    box = (-15.3, 13.5, 9.0, -12.1, 17.0, 16.0)  # low corner, high corner
+    (roi,) = roi_nodes(session)
+    assert roi.GetName() == session_module.ROI_NODE_NAME and session.parameters.roi is roi
+    assert slicer_bridge.roi_bounds_in_volume_frame(roi, volume) == pytest.approx(box)
+    assert [a for a in task.job.command if a.startswith("--roi")] == [
+        "--roi=-15.3000,13.5000,9.0000,-12.1000,17.0000,16.0000"
+    ]
+    # A voxel is predicted exactly when it meets the box: its centre is within half a voxel.
+    local, _ = voxel_centres(volume)
+    half_voxel = np.abs(ijk_to_ras(volume)[:3, :3]).sum(axis=1) / 2
+    label = read_volume(data.root / session.save_segmentation())
+    near_box = in_box(local, box, margin=half_voxel).reshape(label.array.shape)
+    assert 0 < near_box.sum() < near_box.size
+    np.testing.assert_array_equal(label.array, near_box.astype(np.uint8))
+
+    # one ROI node per session: a new box moves it; no box segments the whole image
+    session.roi_text = "-11,19,6,-16,11,21"
+    task = session.segment()
+    assert wait(session, task) is JobState.COMPLETED, task.error
+    assert roi_nodes(session) == [roi]
+    assert slicer_bridge.roi_bounds_in_volume_frame(roi, volume) == pytest.approx(
+        (-16, 11, 6, -11, 19, 21)
+    )
+    session.roi_text = " "
+    task = session.segment()
+    assert session.parameters.roi is None
+    assert not any(a.startswith("--roi") for a in task.job.command)
+    assert wait(session, task) is JobState.COMPLETED, task.error
+    assert read_volume(data.root / session.save_segmentation()).array.all()
+
+
+def test_the_predictions_warnings_are_in_the_message(roi_session, monkeypatch) -> None:
+    """A model trained on 1-2 µl labels: the whole image (1.7 ml) is implausibly large."""
+    session = roi_session
+    monkeypatch.setenv("STAND_IN_LABEL_ML", "0.001,0.002")
+    session.load_volume("straight.nrrd")
+    task = session.segment()
+    assert wait(session, task) is JobState.COMPLETED, task.error
+    (warning,) = task.warnings
+    assert "input's segmentation is 2 ml, more than 2 times the largest" in warning
+    assert session.message == f"Segmentation finished. Warning: {warning}"
+    assert "region of interest around the heart" in session.view_state()["message"]
+    assert session.view_state()["can_save"]  # a warning does not stop the result
 
 
 # ------------------------------------------------------------------ Fine-tune

@@ -43,6 +43,7 @@ POLL_INTERVAL_S = 0.5
 TITLE = "DKUXNet Segment"
 LAYOUT = "Quad View"  # trame-slicer's: coronal and sagittal | 3D and axial
 DRAWER_WIDTH = 400
+ROI_LABEL = "Region of interest (RAS mm: R1,A1,S1,R2,A2,S2; empty = whole image)"
 # Libraries that log every message and state change at INFO; quiet unless --verbose.
 CHATTY_LOGGERS = ("trame_server", "trame_client", "trame_rca", "trame_slicer", "wslink", "aiohttp")
 
@@ -122,6 +123,7 @@ class DKUXNetWebApp(TrameApp):
                 "device": parameters.device,
                 "tta": parameters.tta,
                 "iterations": parameters.iterations,
+                "roi_text": self.session.roi_text,
                 "data_files": data.volumes(),
                 **self.session.view_state(),
             }
@@ -129,6 +131,7 @@ class DKUXNetWebApp(TrameApp):
         self.state.change("device")(self._on_device)
         self.state.change("tta")(self._on_tta)
         self.state.change("iterations")(self._on_iterations)
+        self.state.change("roi_text")(self._on_roi_text)
         self.ctrl.on_server_ready.add(self._start_polling)
         self._poller: asyncio.Task[None] | None = None
         self._build_ui()
@@ -200,6 +203,9 @@ class DKUXNetWebApp(TrameApp):
 
     def _on_tta(self, tta: bool, **_: Any) -> None:
         self._act(setattr, self.session.parameters, "tta", bool(tta))
+
+    def _on_roi_text(self, roi_text: Any, **_: Any) -> None:
+        self._act(setattr, self.session, "roi_text", str(roi_text or ""))  # checked on Segment
 
     def _on_iterations(self, iterations: Any, **_: Any) -> None:
         try:
@@ -290,6 +296,15 @@ class DKUXNetWebApp(TrameApp):
                     classes="mr-2",
                 )
                 v3.VCheckbox(label="Test-time augmentation", v_model=("tta",), hide_details=True)
+            v3.VTextField(
+                id="roi-text",
+                label=ROI_LABEL,
+                v_model=("roi_text",),
+                density="compact",
+                hide_details=True,
+                clearable=True,
+                classes="mt-2",
+            )
             with html.Div(classes="d-flex mt-2"):
                 v3.VBtn(
                     "Segment",

@@ -23,6 +23,7 @@ import numpy as np
 import slicer
 
 from dkuxnet.errors import InputError
+from dkuxnet.inference.roi import parse_ras_box
 from dkuxnet.io import Volume, read_label, read_volume, strip_volume_suffix, write_volume
 from dkuxnet.jobs import JobState
 from DKUXNetSegmentLib import slicer_bridge
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 
 #: The parameter node's name and module attribute, as the Slicer module's logic makes it.
 MODULE_NAME = "DKUXNetSegment"
+
+#: The markups ROI that :attr:`WebSession.roi_text` becomes (one per session, reused).
+ROI_NODE_NAME = "Segment region"
 
 #: Extra layers to show over a finished segmentation: each hook gets the completed task and
 #: returns a volume node for the slice views' foreground, or ``None``. This is where the
@@ -115,7 +119,11 @@ class WebSession:
         #: the last notice for the user (an error or what just happened); the page shows it
         self.message = ""
         self.result_summary = ""
+        #: Segment's region of interest as typed: "R1,A1,S1,R2,A2,S2", two opposite corners of
+        #: a box in RAS mm; empty: the whole image
+        self.roi_text = ""
         self._loaded: dict[str, str] = {}  # relative path -> volume node ID
+        self._roi_node_id = ""
 
     # ------------------------------------------------------------------ volumes
     def load_volume(self, relative: str) -> slicer.vtkMRMLScalarVolumeNode:
@@ -154,10 +162,12 @@ class WebSession:
 
     # ------------------------------------------------------------------ Segment
     def segment(self) -> SegmentTask:
-        """Start Segment on the loaded volume with the chosen model, device and TTA.
+        """Start Segment on the loaded volume with the chosen model, device and TTA, inside the
+        region of interest of :attr:`roi_text` when there is one.
 
         Raises:
-            InputError: no volume loaded, a Segment already running, or no model to use.
+            InputError: no volume loaded, a Segment already running, a malformed region of
+                interest, or no model to use; nothing is started then.
         """
         if _running(self.segment_task):
             raise InputError("a segmentation is already running; wait for it or cancel it")
@@ -165,6 +175,7 @@ class WebSession:
         volume = params.input_volume
         if volume is None:
             raise InputError("load a volume first")
+        params.roi = self._roi_node()
         model = resolve_model(params.model_source, params.model_path)
         self.segment_task = self.logic.start_segment(
             volume,
@@ -172,10 +183,35 @@ class WebSession:
             device=params.device,
             tta=params.tta,
             segmentation_node=params.output_segmentation,
+            roi_node=params.roi,
         )
         self.result_summary = ""
         self.message = f"Segmenting {volume.GetName()}…"
         return self.segment_task
+
+    def _roi_node(self) -> slicer.vtkMRMLMarkupsROINode | None:
+        """:attr:`roi_text` as the session's markups ROI (made once, then moved), in world RAS;
+        ``None`` when the text is empty.
+
+        Raises:
+            InputError: the text is not six numbers, or the box is flat along an axis.
+        """
+        if not self.roi_text.strip():
+            return None
+        corner_a, corner_b = np.asarray(parse_ras_box(self.roi_text))
+        size = np.abs(corner_b - corner_a)
+        if not np.all(size > 0):
+            raise InputError(
+                f"region of interest {self.roi_text!r}: the box has no extent along at least "
+                "one axis (R1 = R2, A1 = A2 or S1 = S2)"
+            )
+        node = self.scene.GetNodeByID(self._roi_node_id)
+        if node is None:
+            node = self.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", ROI_NODE_NAME)
+            self._roi_node_id = node.GetID()
+        node.SetCenter(*((corner_a + corner_b) / 2).tolist())
+        node.SetSize(*size.tolist())
+        return node
 
     def cancel_segment(self) -> None:
         if (task := _active(self.segment_task)) is not None:
@@ -231,7 +267,9 @@ class WebSession:
             f"{name}: {slicer_bridge.LEFT_ATRIUM}, {voxels} voxels "
             f"on the {x} × {y} × {z} grid of {volume.GetName()}"
         )
-        self.message = "Segmentation finished."
+        self.message = "Segmentation finished." + "".join(
+            f" Warning: {warning}" for warning in task.warnings
+        )
 
     # ------------------------------------------------------------------ Fine-tune examples
     def add_labeled(self, volume_relative: str, label_relative: str) -> LabeledPair:
