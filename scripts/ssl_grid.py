@@ -265,23 +265,44 @@ def write_results(results: dict[tuple[int, int, int], dict], args: argparse.Name
             "Gradient norm of the weighted consistency over that of L_sup (mean of the probes "
             "after half the run, mean over seeds): " + "; ".join(ratios) + ".",
         ]
+
+    def paired(ref: int, arm: int, labels: int) -> list[float]:
+        """Test Dice points, ``ref`` minus ``arm``, for the seeds both have."""
+        return [
+            100 * (r["summary"]["dice"]["mean"] - other["summary"]["dice"]["mean"])
+            for (c, n, seed), r in sorted(results.items())
+            if c == ref and n == labels and (other := results.get((arm, labels, seed)))
+        ]
+
+    def paired_line(ref: int, arm: int, labels: int, shown: int, who: str) -> list[str]:
+        diffs = paired(ref, arm, labels)
+        if not diffs:
+            return []
+        per_seed = ", ".join(f"{d:+.2f}" for d in diffs)
+        wins = sum(d > 0 for d in diffs)
+        return [
+            f"- {'vs ' if shown == arm else ''}{shown} {CONFIGS[shown][0]}, {labels} labeled: "
+            f"{per_seed} (mean {statistics.mean(diffs):+.2f}; {who} better in {wins}/{len(diffs)})"
+        ]
+
     lines += ["", "Paired differences, dual (6) minus arm, test Dice points, per seed:", ""]
-    for arm in (1, 3, 7, 2, 4, 5, 8, 9, 10, 11, 12):
+    for arm in (1, 3, 7, 13, 2, 4, 5, 8, 9, 10, 11, 12, 14):
         for labels in labels_list:
-            diffs = []
-            for (c, n, seed), r in sorted(results.items()):
-                other = results.get((arm, labels, seed))
-                if c == 6 and n == labels and other is not None:
-                    diffs.append(
-                        100 * (r["summary"]["dice"]["mean"] - other["summary"]["dice"]["mean"])
-                    )
-            if diffs:
-                per_seed = ", ".join(f"{d:+.2f}" for d in diffs)
-                wins = sum(d > 0 for d in diffs)
-                lines.append(
-                    f"- vs {arm} {CONFIGS[arm][0]}, {labels} labeled: {per_seed} "
-                    f"(mean {statistics.mean(diffs):+.2f}; dual better in {wins}/{len(diffs)})"
-                )
+            lines += paired_line(6, arm, labels, arm, "dual")
+    ensemble = [
+        line
+        for ref in (4, 5, 6, 8, 9, 10, 11, 12, 14)
+        for labels in labels_list
+        for line in paired_line(ref, 3, labels, ref, "it is")
+    ]
+    if ensemble:
+        lines += [
+            "",
+            "What the consistency losses add: arm minus 3 two-nets (the same two networks and "
+            "views without them), test Dice points, per seed:",
+            "",
+            *ensemble,
+        ]
     (args.out / "table.md").write_text("\n".join(lines) + "\n")
     plot_grid(rows, args.out / "grid.png")
 
