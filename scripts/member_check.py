@@ -65,8 +65,8 @@ def main() -> None:
     results = json.loads(out.read_text()) if out.exists() else {}
     for run in runs:
         key = str(run.relative_to(root))
-        if key in results or not (run / "best.pt").exists():
-            continue
+        if key in results or not (run / "test_scores.json").exists():
+            continue  # scored already, or not finished and scored by the grid yet
         if len(torch.load(run / "best.pt", map_location="cpu", weights_only=True)["networks"]) < 2:
             continue  # one network: nothing to compare
         results[key] = score_members(run, data_dir)
