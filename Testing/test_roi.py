@@ -84,6 +84,8 @@ def test_bad_boxes_are_refused_with_what_is_wrong() -> None:
     for text in ("1,2,3,4,5", "a,b,c,d,e,f", "1,2,3,4,5,nan", ""):
         with pytest.raises(InputError, match="six numbers"):
             parse_ras_box(text)
+    with pytest.raises(InputError, match="'1,2,3,4,2,6': the box has no extent"):
+        parse_ras_box("1,2,3,4,2,6")
     assert parse_ras_box("-1.5, 2,3 4,5,6") == ((-1.5, 2.0, 3.0), (4.0, 5.0, 6.0))
 
 

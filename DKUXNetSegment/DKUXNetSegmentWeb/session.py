@@ -194,17 +194,13 @@ class WebSession:
         ``None`` when the text is empty.
 
         Raises:
-            InputError: the text is not six numbers, or the box is flat along an axis.
+            InputError: the text is not six numbers, or the box is flat along an axis
+                (:func:`parse_ras_box`).
         """
         if not self.roi_text.strip():
             return None
         corner_a, corner_b = np.asarray(parse_ras_box(self.roi_text))
         size = np.abs(corner_b - corner_a)
-        if not np.all(size > 0):
-            raise InputError(
-                f"region of interest {self.roi_text!r}: the box has no extent along at least "
-                "one axis (R1 = R2, A1 = A2 or S1 = S2)"
-            )
         node = self.scene.GetNodeByID(self._roi_node_id)
         if node is None:
             node = self.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", ROI_NODE_NAME)

@@ -34,7 +34,8 @@ TOO_SMALL = 0.25
 
 
 def parse_ras_box(text: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """``"R1,A1,S1,R2,A2,S2"`` (mm) -> two opposite corners; :class:`InputError` if malformed."""
+    """``"R1,A1,S1,R2,A2,S2"`` (mm) -> two opposite corners; :class:`InputError` if malformed
+    or flat (equal coordinates on an axis)."""
     parts = [p for p in text.replace(" ", ",").split(",") if p]
     try:
         values = [float(p) for p in parts]
@@ -44,6 +45,11 @@ def parse_ras_box(text: str) -> tuple[tuple[float, float, float], tuple[float, f
         raise InputError(
             f"region of interest {text!r}: expected six numbers R1,A1,S1,R2,A2,S2 (two opposite "
             "corners of a box, RAS millimetres)"
+        )
+    if any(values[axis] == values[axis + 3] for axis in range(3)):
+        raise InputError(
+            f"region of interest {text!r}: the box has no extent along at least one axis "
+            "(R1 = R2, A1 = A2 or S1 = S2)"
         )
     return (values[0], values[1], values[2]), (values[3], values[4], values[5])
 
