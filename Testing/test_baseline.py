@@ -49,7 +49,7 @@ def test_unet_preset_is_monai_unet_with_our_output() -> None:
 
 def test_unet_bottleneck_gradients_stay_finite_under_cpu_bf16() -> None:
     """The CPU bf16 fault the lite network is guarded against (see test_speed_blocks) made the
-    unguarded UNet train to NaN (CI: the pipeline test below, 1 run in 5 here; the grid's
+    unguarded UNet train to NaN (CI: the pipeline test below, 1 run in 15 here; the grid's
     16-labeled cell): every convolution must be the guarded kind, and the gradients finite.
     (This direct probe did not reproduce the fault on the unguarded UNet in 3 tries; the type
     check is what fails without the guard.)"""

@@ -31,10 +31,15 @@ from dkuxnet.metrics import case_metrics
 CHOICES = ("a", "b", "both")
 
 
-def score_members(run: Path, data_dir: Path) -> dict[str, float]:
-    """Mean test Dice % of A, B and both, and the mean Dice % between A's and B's labels."""
+def score_members(run: Path, data_dir: Path) -> dict[str, float] | None:
+    """Mean test Dice % of A, B and both, and the mean Dice % between A's and B's labels;
+    ``None`` for a one-network run (nothing to compare)."""
+    predictors = {"both": Predictor.from_checkpoint(run, "cpu", networks_choice="both")}
+    if len(predictors["both"].networks) < 2:
+        return None
+    for choice in ("a", "b"):
+        predictors[choice] = Predictor.from_checkpoint(run, "cpu", networks_choice=choice)
     cases = load_dataset(data_dir).test
-    predictors = {c: Predictor.from_checkpoint(run, "cpu", networks_choice=c) for c in CHOICES}
     dice: dict[str, list[float]] = {c: [] for c in (*CHOICES, "a_vs_b")}
     for case in cases:
         if case.label is None:
@@ -67,9 +72,10 @@ def main() -> None:
         key = str(run.relative_to(root))
         if key in results or not (run / "test_scores.json").exists():
             continue  # scored already, or not finished and scored by the grid yet
-        if len(torch.load(run / "best.pt", map_location="cpu", weights_only=True)["networks"]) < 2:
-            continue  # one network: nothing to compare
-        results[key] = score_members(run, data_dir)
+        scores = score_members(run, data_dir)
+        if scores is None:
+            continue
+        results[key] = scores
         out.write_text(json.dumps(results, indent=1))
         print(key, {k: round(v, 2) for k, v in results[key].items()}, flush=True)
     print(f"\nTest Dice % ({args.labels} labeled): A alone (strong view), B alone (weak view), "
