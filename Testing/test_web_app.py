@@ -20,6 +20,7 @@ if web.missing_modules():
     )
 from DKUXNetSegmentWeb.app import ROI_LABEL, DKUXNetWebApp  # noqa: E402
 from DKUXNetSegmentWeb.data_folder import DataFolder  # noqa: E402
+from DKUXNetSegmentWeb.session import PAGE_WORDS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -78,5 +79,7 @@ def test_the_region_of_interest_field_reaches_segment(app) -> None:
     app.segment()
     assert "region of interest '1,2,3': expected six numbers" in app.state.message
     assert app.state.segment_running is False and app.session.segment_task is None
+    # a child's error about the box is explained in the page's words, not the Slicer panel's
+    assert app.session.logic.panel_words is PAGE_WORDS
     app._on_roi_text(None)  # the field's clear button
     assert app.session.roi_text == ""

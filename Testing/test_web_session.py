@@ -53,7 +53,13 @@ label = np.ones(image.array.shape, np.uint8)
 if args.roi:
     from dkuxnet.inference.roi import box_from_ras, parse_ras_box
 
-    box = box_from_ras(image, *parse_ras_box(args.roi))
+    from dkuxnet.errors import DKUXNetError
+
+    try:
+        box = box_from_ras(image, *parse_ras_box(args.roi))
+    except DKUXNetError as exc:  # as the real command reports it (dkuxnet.cli)
+        events.emit("finished", status="failed", error=str(exc))
+        raise SystemExit(2) from None
     if box is not None:
         label[:] = 0
         label[box] = 1
@@ -121,7 +127,11 @@ def data(tmp_path: Path) -> DataFolder:
 @pytest.fixture()
 def session(scene, data, tmp_path):
     logic = logic_module.DKUXNetLogic(
-        scene, jobs_dir=tmp_path / "jobs", runs_dir=data.root / RUNS, command_factory=fake_factory
+        scene,
+        jobs_dir=tmp_path / "jobs",
+        runs_dir=data.root / RUNS,
+        command_factory=fake_factory,
+        panel_words=session_module.PAGE_WORDS,  # as the app makes it
     )
     web = session_module.WebSession(logic, data, RecordingViews())
     web.parameters.model_source, web.parameters.model_path = "file", str(FAKE)  # any file
@@ -297,6 +307,18 @@ def test_segment_with_a_region_of_interest_is_background_outside_it(roi_session,
     assert not any(a.startswith("--roi") for a in task.job.command)
     assert wait(session, task) is JobState.COMPLETED, task.error
     assert read_volume(data.root / session.save_segmentation()).array.all()
+
+
+def test_a_box_off_the_image_fails_in_the_pages_words(roi_session) -> None:
+    session = roi_session
+    session.load_volume("straight.nrrd")
+    session.roi_text = "500,500,500,510,510,510"
+    task = session.segment()
+    assert wait(session, task) is JobState.FAILED
+    assert "does not overlap the image" in session.message
+    assert session.message.endswith(session_module.PAGE_WORDS["region of interest"])
+    assert "In this panel" not in session.message  # the Slicer panel's words are not the page's
+    assert session.view_state()["can_save"] is False
 
 
 def test_the_predictions_warnings_are_in_the_message(roi_session, monkeypatch) -> None:

@@ -44,7 +44,7 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,12 @@ ROI_PANEL_WORDS = (
     "volume's own coordinates (before any parent transform): place it over the heart in the "
     "volume, or choose no region of interest."
 )
+# A child's message that mentions a key gets its text: the option as the panel names it. A
+# front end with other controls (the web page) gives the logic its own words.
+PANEL_WORDS: Mapping[str, str] = {
+    "--tta": "\nIn this panel, --tta is the 'Test-time augmentation' check box.",
+    "region of interest": ROI_PANEL_WORDS,
+}
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -537,8 +543,10 @@ class SegmentTask(Task):
         segmentation_node: slicer.vtkMRMLSegmentationNode | None = None,
         keep_folder: bool = False,
         uncertainty_path: Path | None = None,
+        panel_words: Mapping[str, str] = PANEL_WORDS,
     ) -> None:
         super().__init__(job)
+        self.panel_words = panel_words
         self.scene = volume_node.GetScene()
         self.volume_node_id = volume_node.GetID()
         self.segmentation_node_id = segmentation_node.GetID() if segmentation_node else None
@@ -556,7 +564,7 @@ class SegmentTask(Task):
     def _on_end(self) -> None:
         super()._on_end()
         if self.job.state is JobState.FAILED and self.error:
-            self.error = _with_panel_words(self.error)
+            self.error = _with_panel_words(self.error, self.panel_words)
 
     def _on_event(self, event: dict[str, Any]) -> None:
         kind = event["event"]
@@ -789,8 +797,10 @@ class RankTask(Task):
         csv_path: Path,
         cases: dict[str, tuple[str, str]],
         table_node: Callable[[], slicer.vtkMRMLTableNode],
+        panel_words: Mapping[str, str] = PANEL_WORDS,
     ) -> None:
         super().__init__(job)
+        self.panel_words = panel_words
         self.scene = scene
         self.csv_path = csv_path
         self.cases = dict(cases)
@@ -821,7 +831,7 @@ class RankTask(Task):
     def _on_end(self) -> None:
         super()._on_end()
         if self.job.state is JobState.FAILED and self.error:
-            self.error = _with_panel_words(self.error)
+            self.error = _with_panel_words(self.error, self.panel_words)
 
     def _on_success(self) -> None:
         with open(self.csv_path, newline="", encoding="utf-8") as f:
@@ -896,12 +906,12 @@ def fill_ranking_table(
     table.EndModify(was_modifying)
 
 
-def _with_panel_words(error: str) -> str:
-    """The child's message, with its command-line option named as the panel names it."""
-    if "--tta" in error:
-        error += "\nIn this panel, --tta is the 'Test-time augmentation' check box."
-    if "region of interest" in error.lower():
-        error += ROI_PANEL_WORDS
+def _with_panel_words(error: str, words: Mapping[str, str]) -> str:
+    """The child's message, with its command-line options named as the front end names them
+    (``words``: see :data:`PANEL_WORDS`)."""
+    for key, text in words.items():
+        if key.lower() in error.lower():
+            error += text
     return error
 
 
@@ -1052,6 +1062,8 @@ class DKUXNetLogic:
         python_executable: the interpreter of the child (``PythonSlicer`` in Slicer).
         command_factory: ``dkuxnet`` arguments -> full command line; the default runs
             ``python -m dkuxnet``. Tests inject a stand-in child here.
+        panel_words: what a child's error gets added when it names an option, keyed by the
+            words it names (:data:`PANEL_WORDS`: the Slicer panel's controls).
     """
 
     def __init__(
@@ -1061,8 +1073,10 @@ class DKUXNetLogic:
         runs_dir: str | Path | None = None,
         python_executable: str | None = None,
         command_factory: CommandFactory | None = None,
+        panel_words: Mapping[str, str] = PANEL_WORDS,
     ) -> None:
         self.scene = scene
+        self.panel_words = panel_words  # added to the children's errors (see PANEL_WORDS)
         self.jobs_dir = Path(jobs_dir)
         self.runs_dir = Path(runs_dir) if runs_dir else self.jobs_dir / "runs"
         self.command_factory: CommandFactory = command_factory or (
@@ -1126,7 +1140,13 @@ class DKUXNetLogic:
             config["roi"] = {"node": roi_node.GetName(), "bounds_ras": list(roi_bounds)}
         job = Job(folder, self.command_factory(args), config=config).start()
         return SegmentTask(
-            job, volume_node, output_path, segmentation_node, keep_folder, uncertainty_path
+            job,
+            volume_node,
+            output_path,
+            segmentation_node,
+            keep_folder,
+            uncertainty_path,
+            self.panel_words,
         )
 
     # Suggest next to label
@@ -1165,7 +1185,7 @@ class DKUXNetLogic:
         args += ["--events", str(folder / EVENTS_FILE)] + (["--tta"] if tta else [])
         config = {"task": "rank", "volumes": [n.GetName() for n in nodes], "model": str(model)}
         job = Job(folder, self.command_factory(args), config=config).start()
-        return RankTask(job, self.scene, csv_path, cases, self.ranking_table)
+        return RankTask(job, self.scene, csv_path, cases, self.ranking_table, self.panel_words)
 
     def ranking_table(self) -> slicer.vtkMRMLTableNode:
         """The table node rankings are written to: the last one while it is in the scene."""

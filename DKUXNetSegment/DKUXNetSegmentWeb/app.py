@@ -35,7 +35,7 @@ from dkuxnet.errors import DKUXNetError, InputError
 from DKUXNetSegmentLib.logic import DEVICES, DKUXNetLogic, Parameters
 
 from .data_folder import RUNS, DataFolder
-from .session import WebSession, new_parameter_node
+from .session import PAGE_WORDS, WebSession, new_parameter_node
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,9 @@ class DKUXNetWebApp(TrameApp):
         self.layout_manager.set_layout(LAYOUT)
 
         jobs = jobs_dir or Path(tempfile.mkdtemp(prefix="dkuxnet-web-"))
-        logic = DKUXNetLogic(self.slicer_app.scene, jobs_dir=jobs, runs_dir=data.root / RUNS)
+        logic = DKUXNetLogic(
+            self.slicer_app.scene, jobs_dir=jobs, runs_dir=data.root / RUNS, panel_words=PAGE_WORDS
+        )
         parameters = Parameters(new_parameter_node(self.slicer_app.scene))
         parameters.device = device
         if model is not None:

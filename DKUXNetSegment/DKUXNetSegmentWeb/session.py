@@ -28,6 +28,7 @@ from dkuxnet.io import Volume, read_label, read_volume, strip_volume_suffix, wri
 from dkuxnet.jobs import JobState
 from DKUXNetSegmentLib import slicer_bridge
 from DKUXNetSegmentLib.logic import (
+    PANEL_WORDS,
     DKUXNetLogic,
     EstimateTask,
     FineTuneTask,
@@ -49,6 +50,12 @@ MODULE_NAME = "DKUXNetSegment"
 
 #: The markups ROI that :attr:`WebSession.roi_text` becomes (one per session, reused).
 ROI_NODE_NAME = "Segment region"
+#: The page's names for the options a child's error may mention (the logic's ``panel_words``).
+PAGE_WORDS = {
+    **PANEL_WORDS,
+    "region of interest": "\nOn this page the box is the 'Region of interest' field (two "
+    "opposite corners, RAS mm): type corners inside the image, or clear the field.",
+}
 
 #: Extra layers to show over a finished segmentation: each hook gets the completed task and
 #: returns a volume node for the slice views' foreground, or ``None``. This is where the
