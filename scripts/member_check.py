@@ -12,6 +12,15 @@ grid's settings (voxel units, medpy style, what ``dkuxnet predict`` does), netwo
 (the strong view), network B alone (the weak view), their mean (the grid's figure), and the
 agreement of A's and B's labels (Dice between them). Results: a table on stdout and
 ``GRID/<labels>/members.json`` (cells already there are not scored again).
+
+``--teaching N`` adds what L_segc can teach, measured on the first N **unlabeled** train-list
+scans with their hidden labels (``labelsTr_hidden/``, never used by training), at the training
+spacing and voxel order: of the voxels network A gets wrong, the share B also gets wrong (the
+same mistake), and the share B gets right with confidence above tau (``training.confidence``:
+the pseudo-labels that would correct A); against that, the voxels A gets right where B's
+confident pseudo-label is wrong (it would mislead A). The same with A and B swapped, and for
+other thresholds (``TAUS``: what a different ``training.confidence`` would let through).
+Results in ``GRID/<labels>/teaching.json``.
 """
 
 from __future__ import annotations
@@ -21,14 +30,20 @@ import json
 import statistics
 from pathlib import Path
 
+import numpy as np
+import SimpleITK as sitk
 import torch
 
 from dkuxnet.data import load_dataset
 from dkuxnet.inference import Predictor
+from dkuxnet.inference.predictor import resample_to_spacing
 from dkuxnet.io import read_label, read_volume
 from dkuxnet.metrics import case_metrics
+from dkuxnet.orientation import to_canonical
 
 CHOICES = ("a", "b", "both")
+# Confidence thresholds tau the teaching signal is also counted at (0.5: every voxel for K = 2).
+TAUS = (0.5, 0.8, 0.9, 0.95, 0.99)
 
 
 def score_members(run: Path, data_dir: Path) -> dict[str, float] | None:
@@ -54,12 +69,98 @@ def score_members(run: Path, data_dir: Path) -> dict[str, float] | None:
     return {key: 100 * statistics.mean(values) for key, values in dice.items()}
 
 
+def teaching_signal(run: Path, data_dir: Path, limit: int) -> dict[str, float] | None:
+    """What each network's confident labels could teach the other on unlabeled scans (see the
+    module docstring), summed over the first ``limit`` unlabeled scans; ``None`` for a
+    one-network run."""
+    predictors = {c: Predictor.from_checkpoint(run, "cpu", networks_choice=c) for c in "ab"}
+    if len(Predictor.from_checkpoint(run, "cpu", networks_choice="both").networks) < 2:
+        return None
+    config = predictors["a"].config
+    spacing, taus = tuple(config.data.target_spacing), (config.training.confidence, *TAUS)
+    hidden = json.loads((data_dir / "datalist.json").read_text())["hidden_labels"]
+    counts: dict[str, int] = {}
+    for case in load_dataset(data_dir).unlabeled[:limit]:
+        image = to_canonical(read_volume(case.image))[0]
+        truth_volume = to_canonical(read_label(data_dir / hidden[case.name]))[0]
+        if spacing:
+            image = resample_to_spacing(image, spacing, interpolator=sitk.sitkLinear)
+            truth_volume = resample_to_spacing(
+                truth_volume, spacing, interpolator=sitk.sitkNearestNeighbor
+            )
+        truth = truth_volume.array > 0.5
+        probs = {c: p.predict_probabilities(image.array) for c, p in predictors.items()}
+        label = {c: probs[c].argmax(axis=0) > 0 for c in "ab"}
+        for student, teacher in (("a", "b"), ("b", "a")):
+            wrong = label[student] != truth
+            teacher_right = label[teacher] == truth
+            masks = {
+                f"{student}_wrong": wrong,
+                f"{student}_wrong_{teacher}_wrong": wrong & ~teacher_right,
+            }
+            for i, tau in enumerate(taus):  # the first: the run's own tau, unsuffixed
+                confident = probs[teacher].max(axis=0) > tau
+                at = "" if i == 0 else f"@{tau}"
+                masks[f"{student}_wrong_{teacher}_corrects{at}"] = wrong & teacher_right & confident
+                masks[f"{student}_right_{teacher}_misleads{at}"] = (
+                    ~wrong & ~teacher_right & confident
+                )
+            for key, mask in masks.items():
+                counts[key] = counts.get(key, 0) + int(np.count_nonzero(mask))
+        counts["foreground"] = counts.get("foreground", 0) + int(np.count_nonzero(truth))
+        counts["scans"] = counts.get("scans", 0) + 1
+    return {key: float(value) for key, value in counts.items()}
+
+
+def print_teaching(results: dict[str, dict[str, float]], labels: int) -> None:
+    print(f"\nWhat L_segc can teach ({labels} labeled; unlabeled train-list scans, hidden labels): "
+          "per student network, its wrong voxels as % of the foreground, the share of them the "
+          "other network gets wrong too, the share it corrects with a confident pseudo-label, "
+          "and the voxels it would mislead per voxel it corrects\n")  # fmt: skip
+    print(
+        "| run | scans | student | wrong (% of fg) | same mistake | corrected | misled per corrected |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for key, c in sorted(results.items()):
+        for student, teacher in (("a", "b"), ("b", "a")):
+            wrong = c[f"{student}_wrong"]
+            corrected = c[f"{student}_wrong_{teacher}_corrects"]
+            misled = c[f"{student}_right_{teacher}_misleads"]
+            print(
+                f"| {key} | {c['scans']:.0f} | {student.upper()} | "
+                f"{100 * wrong / c['foreground']:.1f} | "
+                f"{100 * c[f'{student}_wrong_{teacher}_wrong'] / wrong:.1f} % | "
+                f"{100 * corrected / wrong:.1f} % | {misled / max(corrected, 1):.2f} |"
+            )
+    print("\nThe same at other thresholds tau: corrected (% of the student's wrong voxels) / "
+          "misled per corrected, students A and B\n")  # fmt: skip
+    print("| run | " + " | ".join(f"tau {t}" for t in TAUS) + " |")
+    print("|---" * (1 + len(TAUS)) + "|")
+    for key, c in sorted(results.items()):
+        cells = []
+        for tau in TAUS:
+            parts = []
+            for student, teacher in (("a", "b"), ("b", "a")):
+                corrected = c.get(f"{student}_wrong_{teacher}_corrects@{tau}")
+                if corrected is None:
+                    break
+                misled = c[f"{student}_right_{teacher}_misleads@{tau}"]
+                parts.append(
+                    f"{100 * corrected / c[f'{student}_wrong']:.1f} % / "
+                    f"{misled / max(corrected, 1):.2f}"
+                )
+            cells.append(", ".join(parts) or "–")
+        print(f"| {key} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--grid", required=True, type=Path, help="the ssl_grid --out folder")
     p.add_argument("--labels", type=int, default=8)
     p.add_argument("--runs", nargs="*", help="<config>/seed<s> under GRID/<labels> (default: all)")
     p.add_argument("--threads", type=int)
+    p.add_argument("--teaching", type=int, metavar="N", help="also measure what L_segc can "
+                   "teach on the first N unlabeled scans (see above)")  # fmt: skip
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -83,6 +184,20 @@ def main() -> None:
     print("| run | A | B | A+B | Dice(A, B) |\n|---|---|---|---|---|")
     for key, r in sorted(results.items()):
         print(f"| {key} | {r['a']:.2f} | {r['b']:.2f} | {r['both']:.2f} | {r['a_vs_b']:.2f} |")
+    if not args.teaching:
+        return
+    out = root / "teaching.json"
+    teaching = json.loads(out.read_text()) if out.exists() else {}
+    for run in runs:
+        key = str(run.relative_to(root))
+        if key in teaching or not (run / "test_scores.json").exists():
+            continue
+        counts = teaching_signal(run, data_dir, args.teaching)
+        if counts is None:
+            continue
+        teaching[key] = counts
+        out.write_text(json.dumps(teaching, indent=1))
+    print_teaching(teaching, args.labels)
 
 
 if __name__ == "__main__":

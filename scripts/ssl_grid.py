@@ -24,6 +24,9 @@ differs:
 13. ``unet-fp32``         configuration 7 without bf16 autocast (7 diverged in one cell)
 14. ``dual-affinity``     the method with L_qdc in its ``affinity`` form (query co-assignment)
 
+``--labels 80 --configs 1`` is the recipe's ceiling: every train-list scan labeled (the
+last 10 choose the checkpoint), what no semi-supervised arm at 8 or 16 can be expected to pass.
+
 ``--known CSV`` reads cells scored on another machine (a ``per_seed.csv`` kept in the
 repository, ``docs/ssl_grid/per_seed.csv``): they are not run again and count in the table.
 
@@ -322,6 +325,11 @@ def plot_grid(rows: list[dict], path: Path) -> None:
         ax.scatter(
             [r["labeled"] for r in mine], [r["dice"] for r in mine], color=line.get_color(), s=12
         )
+    counts = sorted({r["labeled"] for r in rows})
+    if counts and counts[-1] > 4 * counts[0]:  # e.g. 8, 16 and the all-labeled 80
+        ax.set_xscale("log")
+        ax.set_xticks(counts, [str(n) for n in counts])
+        ax.minorticks_off()
     ax.set_xlabel("labeled scans")
     ax.set_ylabel("test-list Dice (%)")
     ax.set_title("LA, 20 test scans (lines: seed mean; points: seeds)")
