@@ -19,7 +19,7 @@ from tiny import TINY_MODEL
 from dkuxnet.cli import main as cli_main
 from dkuxnet.config import ModelConfig, TrainConfig
 from dkuxnet.data import load_dataset
-from dkuxnet.errors import ConfigError, OutputExistsError, RunLockedError
+from dkuxnet.errors import CheckpointError, ConfigError, OutputExistsError, RunLockedError
 from dkuxnet.events import read_events
 from dkuxnet.io import read_volume
 from dkuxnet.synthetic import write_synthetic_dataset
@@ -345,3 +345,50 @@ def test_fine_tune_start_of_network_b(dataset: Path, tmp_path: Path, how: str) -
     )
     b2 = again._build_networks()[1].state_dict()
     assert all(torch.equal(b[k], b2[k]) for k in b)  # reproducible from the seed
+
+
+def test_network_b_of_another_design_trains_checkpoints_and_predicts(
+    dataset: Path, tmp_path: Path
+) -> None:
+    """``model.architecture_b``: A our network, B MONAI's UNet, through training, checkpoints,
+    a fine-tune from a one-network model (B starts on its own) and the predictor."""
+    from dkuxnet.inference import Predictor
+    from dkuxnet.model.baseline import UNetBaseline
+    from dkuxnet.model.network import DualKMaXUXNet
+
+    base = tiny_config(mode="dual")
+    cfg = base.replace(model=base.model.replace(architecture_b="unet"))
+    run = tmp_path / "run"
+    assert Trainer(cfg, load_dataset(dataset), run, device="cpu").run() == "completed"
+    iters = [e for e in read_events(run / "events.jsonl") if e["event"] == "iteration"]
+    assert {"sup_b", "segc", "qdc"} <= set(iters[-1]["losses"])
+    assert all(math.isfinite(v) for e in iters for v in e["losses"].values())
+    predictor = Predictor.from_checkpoint(run, "cpu")
+    a, b = predictor.networks
+    assert isinstance(a, DualKMaXUXNet) and isinstance(b, UNetBaseline)
+    image = read_volume(load_dataset(dataset).labeled[0].image)
+    probs = predictor.predict_probabilities(image.array)
+    assert probs.shape == (2, *image.array.shape) and np.allclose(probs.sum(axis=0), 1, atol=1e-4)
+    # a fine-tune from a one-network model of A's design: A from the model, B its own start
+    first = tmp_path / "first"
+    Trainer(tiny_config(iterations=1, mode="supervised"), load_dataset(dataset), first, "cpu").run()
+    init = load_checkpoint(first / "best.pt")["networks"][0]
+    trainer = Trainer(cfg, load_dataset(dataset), tmp_path / "tuned", "cpu", init=first / "best.pt")
+    net_a, net_b = trainer._build_networks()
+    assert all(torch.equal(net_a.state_dict()[k], init[k]) for k in init)
+    assert isinstance(net_b, UNetBaseline)
+    # a two-network model of other designs is refused as an init
+    with pytest.raises(CheckpointError, match="model settings differ"):
+        Trainer(
+            base, load_dataset(dataset), tmp_path / "x", "cpu", init=run / "best.pt"
+        )._build_networks()
+
+
+def test_architecture_b_is_checked_and_only_changes_network_b() -> None:
+    with pytest.raises(ConfigError, match="architecture_b"):
+        ModelConfig.preset("lite", architecture_b="resnet")
+    lite = ModelConfig.preset("lite")
+    assert lite.for_network(1) is lite  # empty: B as A
+    mixed = lite.replace(architecture_b="unet")
+    assert mixed.for_network(0) is mixed
+    assert mixed.for_network(1) == lite.replace(architecture="unet")

@@ -69,15 +69,23 @@ def score_members(run: Path, data_dir: Path) -> dict[str, float] | None:
     return {key: 100 * statistics.mean(values) for key, values in dice.items()}
 
 
-def teaching_signal(run: Path, data_dir: Path, limit: int) -> dict[str, float] | None:
-    """What each network's confident labels could teach the other on unlabeled scans (see the
-    module docstring), summed over the first ``limit`` unlabeled scans; ``None`` for a
-    one-network run."""
-    predictors = {c: Predictor.from_checkpoint(run, "cpu", networks_choice=c) for c in "ab"}
+def run_members(run: Path) -> dict[str, Predictor] | None:
+    """Networks A and B of a two-network run; ``None`` for a one-network run."""
     if len(Predictor.from_checkpoint(run, "cpu", networks_choice="both").networks) < 2:
         return None
+    return {c: Predictor.from_checkpoint(run, "cpu", networks_choice=c) for c in "ab"}
+
+
+def teaching_signal(
+    predictors: dict[str, Predictor], data_dir: Path, limit: int
+) -> dict[str, float]:
+    """What each network's confident labels could teach the other on unlabeled scans (see the
+    module docstring), summed over the first ``limit`` unlabeled scans. ``predictors``: ``a``
+    and ``b``, trained at the same spacing."""
     config = predictors["a"].config
     spacing, taus = tuple(config.data.target_spacing), (config.training.confidence, *TAUS)
+    if tuple(predictors["b"].config.data.target_spacing) != spacing:
+        raise SystemExit("the two networks were trained at different spacings")
     hidden = json.loads((data_dir / "datalist.json").read_text())["hidden_labels"]
     counts: dict[str, int] = {}
     for case in load_dataset(data_dir).unlabeled[:limit]:
@@ -161,6 +169,9 @@ def main() -> None:
     p.add_argument("--threads", type=int)
     p.add_argument("--teaching", type=int, metavar="N", help="also measure what L_segc can "
                    "teach on the first N unlabeled scans (see above)")  # fmt: skip
+    p.add_argument("--pairs", nargs="*", default=[], metavar="RUN+RUN", help="with --teaching: "
+                   "also two one-network runs as A and B, e.g. supervised/seed0+unet/seed0 "
+                   "(would two separately trained networks make fewer of the same mistakes?)")  # fmt: skip
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -192,10 +203,20 @@ def main() -> None:
         key = str(run.relative_to(root))
         if key in teaching or not (run / "test_scores.json").exists():
             continue
-        counts = teaching_signal(run, data_dir, args.teaching)
-        if counts is None:
+        members = run_members(run)
+        if members is None:
             continue
-        teaching[key] = counts
+        teaching[key] = teaching_signal(members, data_dir, args.teaching)
+        out.write_text(json.dumps(teaching, indent=1))
+    for pair in args.pairs:
+        if pair in teaching:
+            continue
+        first, second = pair.split("+")
+        members = {
+            c: Predictor.from_checkpoint(root / r, "cpu", networks_choice="a")
+            for c, r in (("a", first), ("b", second))
+        }
+        teaching[pair] = teaching_signal(members, data_dir, args.teaching)
         out.write_text(json.dumps(teaching, indent=1))
     print_teaching(teaching, args.labels)
 

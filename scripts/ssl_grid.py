@@ -23,6 +23,8 @@ differs:
 12. ``dual-dicece-w1``    the same with w_max 1
 13. ``unet-fp32``         configuration 7 without bf16 autocast (7 diverged in one cell)
 14. ``dual-affinity``     the method with L_qdc in its ``affinity`` form (query co-assignment)
+15. ``dual-unet-b``       the method with MONAI's UNet as network B (``model.architecture_b``)
+16. ``two-nets-unet-b``   15 without the consistency losses (that pair's ensemble)
 
 ``--labels 80 --configs 1`` is the recipe's ceiling: every train-list scan labeled (the
 last 10 choose the checkpoint), what no semi-supervised arm at 8 or 16 can be expected to pass.
@@ -81,6 +83,11 @@ CONFIGS: dict[int, tuple[str, str, dict[str, Any], str | None]] = {
     13: ("unet-fp32", "supervised", {"amp": "off"}, "unet"),
     # L_qdc made to carry query-level information: the networks' voxel co-assignment maps
     14: ("dual-affinity", "dual", {"qdc_form": "affinity"}, None),
+    # two networks of different designs (our network as A, MONAI's UNet as B): with two of the
+    # same design 75-80 % of either network's wrong voxels are the other's too (member_check
+    # --teaching); a UNet shares 55-63 % with ours. 16 is 15 without the consistency losses.
+    15: ("dual-unet-b", "dual", {}, "lite+unet-b"),
+    16: ("two-nets-unet-b", "dual", {"use_segc": False, "use_qdc": False}, "lite+unet-b"),
 }
 RECIPE = (
     "data.target_spacing=[2.5,2.5,2.5]",
@@ -100,7 +107,9 @@ def run_config(number: int, iterations: int, seed: int) -> TrainConfig:
     _, mode, training, preset = CONFIGS[number]
     base = build_config(iterations, seed, "lite", (16, 32, 48), RECIPE)
     config = base.replace(training=base.training.replace(mode=mode, **training))
-    if preset is not None:
+    if preset == "lite+unet-b":
+        config = config.replace(model=config.model.replace(architecture_b="unet"))
+    elif preset is not None:
         config = config.replace(model=ModelConfig.preset(preset))
     return config
 
@@ -298,6 +307,21 @@ def write_results(results: dict[tuple[int, int, int], dict], args: argparse.Name
         for labels in labels_list
         for line in paired_line(ref, 3, labels, ref, "it is")
     ]
+    unet_b = [
+        line
+        for ref, arm in ((15, 16), (16, 3), (15, 6), (15, 1), (15, 7))
+        for labels in labels_list
+        for line in paired_line(ref, arm, labels, arm, f"{ref} {CONFIGS[ref][0]}")
+    ]
+    if unet_b:
+        lines += [
+            "",
+            "A UNet as network B: 15 (dual) and 16 (without the consistency losses) against "
+            "the same two networks without consistency (16), the two networks of one design "
+            "(3, 6) and one network (1, 7), test Dice points, per seed:",
+            "",
+            *unet_b,
+        ]
     if ensemble:
         lines += [
             "",

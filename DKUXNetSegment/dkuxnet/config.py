@@ -179,6 +179,9 @@ class ModelConfig(_Section):
         prediction_head: what ``ModelOutput.probabilities`` averages: cnn, kmax or mean.
         architecture: ``dual_kmax_uxnet`` (this network) or ``unet``: MONAI's residual UNet
             as a baseline (:mod:`dkuxnet.model.baseline`; the widths above are then unused).
+        architecture_b: network B's architecture in dual training when it should differ from
+            ``architecture`` (e.g. ``unet``: two different designs make fewer of the same
+            mistakes, see the README's semi-supervised study); empty: the same as A.
     """
 
     SECTION: typing.ClassVar[str] = "model"
@@ -206,10 +209,13 @@ class ModelConfig(_Section):
     query_groups: tuple[int, ...] = ()
     prediction_head: str = "mean"
     architecture: str = "dual_kmax_uxnet"
+    architecture_b: str = ""
 
     def __post_init__(self) -> None:
         s = self.SECTION
         _check_choice(s, "architecture", self.architecture, ARCHITECTURES)
+        if self.architecture_b:
+            _check_choice(s, "architecture_b", self.architecture_b, ARCHITECTURES)
         if self.spatial_dims not in (2, 3):
             raise _fail(s, "spatial_dims", f"must be 2 or 3, got {self.spatial_dims}")
         for name in ("in_channels", "hidden_size", "num_queries", "query_dim", "embed_dim"):
@@ -265,6 +271,12 @@ class ModelConfig(_Section):
                 )
         _check_choice(s, "prediction_head", self.prediction_head, PREDICTION_HEADS)
         _check_choice(s, "norm_name", self.norm_name, ("instance", "batch", "group"))
+
+    def for_network(self, index: int) -> ModelConfig:
+        """The settings network ``index`` (0: A, 1: B) is built from."""
+        if index == 0 or not self.architecture_b or self.architecture_b == self.architecture:
+            return self
+        return dataclasses.replace(self, architecture=self.architecture_b, architecture_b="")
 
     @property
     def total_stride(self) -> int:

@@ -422,7 +422,7 @@ class Predictor:
         config: TrainConfig = record["train_config"]
         networks: list[torch.nn.Module] = []
         for i, state in enumerate(record["networks"]):
-            net = build_model(config.model)
+            net = build_model(config.model.for_network(i))
             try:
                 net.load_state_dict(state, strict=True)
             except (RuntimeError, TypeError, AttributeError) as exc:

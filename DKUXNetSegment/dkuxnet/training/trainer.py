@@ -14,6 +14,7 @@ a kill and ``k`` more give the same weights as ``2k`` straight.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -257,26 +258,36 @@ class Trainer:
         networks = []
         for i in range(2 if self.dual else 1):
             torch.manual_seed(seed * 1000 + 17 * i + 1)  # different initialisation per network
-            networks.append(build_model(self.config.model))
+            networks.append(build_model(self.config.model.for_network(i)))
         if self.init is not None and self._resume_record is None:
             record = load_checkpoint(self.init)
             init_cfg = record["train_config"].model
-            if init_cfg != self.config.model:
+            states = record["networks"]
+            ours = self.config.model
+            if len(states) < len(networks):  # a one-network model: B's own design may differ
+                init_cfg = dataclasses.replace(init_cfg, architecture_b="")
+                ours = dataclasses.replace(ours, architecture_b="")
+            if init_cfg != ours:
                 raise CheckpointError(
                     f"{self.init}: its model settings differ from this run's; train with the "
                     "same preset/model config (or omit --init)"
                 )
             # a fine-tuned model has seen the labels of its starting model too
             self._label_volume_ml = _union(self._label_volume_ml, record.get("label_volume_ml"))
-            states = record["networks"]
             how = self.config.training.init_b
             for i, net in enumerate(networks):
-                if i >= len(states) and how == "fresh":
+                other_design = self.config.model.for_network(i) is not self.config.model
+                if i >= len(states) and (how == "fresh" or other_design):
                     continue  # network B keeps its own random initialisation
                 net.load_state_dict(states[min(i, len(states) - 1)])
                 if i >= len(states) and how == "perturb":
                     _perturb(net, self.config.training.init_b_noise, seed * 1000 + 17 * i + 2)
-            extra = f" (network B: {how})" if len(states) < len(networks) else ""
+            if len(states) >= len(networks):
+                extra = ""
+            elif self.config.model.for_network(1) is not self.config.model:
+                extra = f" (network B, a {self.config.model.architecture_b}: its own random start)"
+            else:
+                extra = f" (network B: {how})"
             log.info("initialised %d network(s) from %s%s", len(networks), self.init, extra)
         return networks
 
