@@ -340,12 +340,14 @@ def plot_grid(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for config in sorted({r["config"] for r in rows}):
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    configs = sorted({r["config"] for r in rows}, key=lambda c: int(c.split()[0]))
+    colours = plt.get_cmap("tab20").colors  # one colour per configuration (tab10 repeats)
+    for i, config in enumerate(configs):
         mine = [r for r in rows if r["config"] == config]
         xs = sorted({r["labeled"] for r in mine})
         means = [statistics.mean(r["dice"] for r in mine if r["labeled"] == x) for x in xs]
-        (line,) = ax.plot(xs, means, marker="o", label=config)
+        (line,) = ax.plot(xs, means, marker="o", label=config, color=colours[i % len(colours)])
         ax.scatter(
             [r["labeled"] for r in mine], [r["dice"] for r in mine], color=line.get_color(), s=12
         )
@@ -358,7 +360,7 @@ def plot_grid(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("test-list Dice (%)")
     ax.set_title("LA, 20 test scans (lines: seed mean; points: seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
