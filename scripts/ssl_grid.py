@@ -85,7 +85,7 @@ CONFIGS: dict[int, tuple[str, str, dict[str, Any], str | None]] = {
     14: ("dual-affinity", "dual", {"qdc_form": "affinity"}, None),
     # two networks of different designs (our network as A, MONAI's UNet as B): with two of the
     # same design 75-80 % of either network's wrong voxels are the other's too (member_check
-    # --teaching); a UNet shares 55-63 % with ours. 16 is 15 without the consistency losses.
+    # --teaching); a UNet shares 54-63 % with ours. 16 is 15 without the consistency losses.
     15: ("dual-unet-b", "dual", {}, "lite+unet-b"),
     16: ("two-nets-unet-b", "dual", {"use_segc": False, "use_qdc": False}, "lite+unet-b"),
 }
