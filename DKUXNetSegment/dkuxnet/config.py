@@ -276,7 +276,7 @@ class ModelConfig(_Section):
         """The settings network ``index`` (0: A, 1: B) is built from."""
         if index == 0 or not self.architecture_b or self.architecture_b == self.architecture:
             return self
-        return dataclasses.replace(self, architecture=self.architecture_b, architecture_b="")
+        return self.replace(architecture=self.architecture_b, architecture_b="")
 
     @property
     def total_stride(self) -> int:

@@ -14,7 +14,6 @@ a kill and ``k`` more give the same weights as ``2k`` straight.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -265,8 +264,10 @@ class Trainer:
             states = record["networks"]
             ours = self.config.model
             if len(states) < len(networks):  # a one-network model: B's own design may differ
-                init_cfg = dataclasses.replace(init_cfg, architecture_b="")
-                ours = dataclasses.replace(ours, architecture_b="")
+                init_cfg, ours = (
+                    init_cfg.replace(architecture_b=""),
+                    ours.replace(architecture_b=""),
+                )
             if init_cfg != ours:
                 raise CheckpointError(
                     f"{self.init}: its model settings differ from this run's; train with the "
@@ -275,19 +276,15 @@ class Trainer:
             # a fine-tuned model has seen the labels of its starting model too
             self._label_volume_ml = _union(self._label_volume_ml, record.get("label_volume_ml"))
             how = self.config.training.init_b
+            if self.config.model.for_network(1) is not self.config.model:
+                how = "fresh"  # B of another design: A's weights do not fit it
             for i, net in enumerate(networks):
-                other_design = self.config.model.for_network(i) is not self.config.model
-                if i >= len(states) and (how == "fresh" or other_design):
+                if i >= len(states) and how == "fresh":
                     continue  # network B keeps its own random initialisation
                 net.load_state_dict(states[min(i, len(states) - 1)])
                 if i >= len(states) and how == "perturb":
                     _perturb(net, self.config.training.init_b_noise, seed * 1000 + 17 * i + 2)
-            if len(states) >= len(networks):
-                extra = ""
-            elif self.config.model.for_network(1) is not self.config.model:
-                extra = f" (network B, a {self.config.model.architecture_b}: its own random start)"
-            else:
-                extra = f" (network B: {how})"
+            extra = f" (network B: {how})" if len(states) < len(networks) else ""
             log.info("initialised %d network(s) from %s%s", len(networks), self.init, extra)
         return networks
 
