@@ -31,29 +31,35 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
-from dkuxnet.data import load_dataset
+from dkuxnet.data import Case, load_dataset
 from dkuxnet.inference import Predictor
-from dkuxnet.inference.predictor import resample_to_spacing
 from dkuxnet.io import read_label, read_volume
 from dkuxnet.metrics import case_metrics
-from dkuxnet.orientation import to_canonical
+from dkuxnet.training.trainer import resample_cases
 
 CHOICES = ("a", "b", "both")
 # Confidence thresholds tau the teaching signal is also counted at (0.5: every voxel for K = 2).
 TAUS = (0.5, 0.8, 0.9, 0.95, 0.99)
 
 
+def run_members(run: Path) -> dict[str, Predictor] | None:
+    """Predictors of a two-network run, from one checkpoint read: ``both`` (the grid's figure),
+    ``a`` and ``b`` alone; ``None`` for a one-network run."""
+    both = Predictor.from_checkpoint(run, "cpu", networks_choice="both")
+    if len(both.networks) < 2:
+        return None
+    alone = {c: Predictor(both.networks, both.config, "cpu", networks_choice=c) for c in "ab"}
+    return {"both": both, **alone}
+
+
 def score_members(run: Path, data_dir: Path) -> dict[str, float] | None:
     """Mean test Dice % of A, B and both, and the mean Dice % between A's and B's labels;
     ``None`` for a one-network run (nothing to compare)."""
-    predictors = {"both": Predictor.from_checkpoint(run, "cpu", networks_choice="both")}
-    if len(predictors["both"].networks) < 2:
+    predictors = run_members(run)
+    if predictors is None:
         return None
-    for choice in ("a", "b"):
-        predictors[choice] = Predictor.from_checkpoint(run, "cpu", networks_choice=choice)
     cases = load_dataset(data_dir).test
     dice: dict[str, list[float]] = {c: [] for c in (*CHOICES, "a_vs_b")}
     for case in cases:
@@ -69,35 +75,29 @@ def score_members(run: Path, data_dir: Path) -> dict[str, float] | None:
     return {key: 100 * statistics.mean(values) for key, values in dice.items()}
 
 
-def run_members(run: Path) -> dict[str, Predictor] | None:
-    """Networks A and B of a two-network run; ``None`` for a one-network run."""
-    if len(Predictor.from_checkpoint(run, "cpu", networks_choice="both").networks) < 2:
-        return None
-    return {c: Predictor.from_checkpoint(run, "cpu", networks_choice=c) for c in "ab"}
-
-
 def teaching_signal(
-    predictors: dict[str, Predictor], data_dir: Path, limit: int
+    predictors: dict[str, Predictor], data_dir: Path, limit: int, cache: Path
 ) -> dict[str, float]:
     """What each network's confident labels could teach the other on unlabeled scans (see the
     module docstring), summed over the first ``limit`` unlabeled scans. ``predictors``: ``a``
-    and ``b``, trained at the same spacing."""
+    and ``b``, trained at the same spacing; the scans are resampled as the trainer does it
+    (:func:`dkuxnet.training.trainer.resample_cases`, written once into ``cache``)."""
     config = predictors["a"].config
     spacing, taus = tuple(config.data.target_spacing), (config.training.confidence, *TAUS)
     if tuple(predictors["b"].config.data.target_spacing) != spacing:
         raise SystemExit("the two networks were trained at different spacings")
     hidden = json.loads((data_dir / "datalist.json").read_text())["hidden_labels"]
+    cases = [
+        Case(case.name, case.image, data_dir / hidden[case.name])
+        for case in load_dataset(data_dir).unlabeled[:limit]
+    ]
+    if spacing:
+        cases = resample_cases(cases, spacing, cache)
     counts: dict[str, int] = {}
-    for case in load_dataset(data_dir).unlabeled[:limit]:
-        image = to_canonical(read_volume(case.image))[0]
-        truth_volume = to_canonical(read_label(data_dir / hidden[case.name]))[0]
-        if spacing:
-            image = resample_to_spacing(image, spacing, interpolator=sitk.sitkLinear)
-            truth_volume = resample_to_spacing(
-                truth_volume, spacing, interpolator=sitk.sitkNearestNeighbor
-            )
-        truth = truth_volume.array > 0.5
-        probs = {c: p.predict_probabilities(image.array) for c, p in predictors.items()}
+    for case in cases:
+        assert case.label is not None
+        image, truth = read_volume(case.image), read_label(case.label).array > 0
+        probs = {c: predictors[c].predict_probabilities(image.array) for c in "ab"}
         label = {c: probs[c].argmax(axis=0) > 0 for c in "ab"}
         for student, teacher in (("a", "b"), ("b", "a")):
             wrong = label[student] != truth
@@ -198,6 +198,7 @@ def main() -> None:
     if not args.teaching:
         return
     out = root / "teaching.json"
+    cache = root / "teaching_scans"  # the unlabeled scans and hidden labels at the spacing
     teaching = json.loads(out.read_text()) if out.exists() else {}
     for run in runs:
         key = str(run.relative_to(root))
@@ -206,7 +207,7 @@ def main() -> None:
         members = run_members(run)
         if members is None:
             continue
-        teaching[key] = teaching_signal(members, data_dir, args.teaching)
+        teaching[key] = teaching_signal(members, data_dir, args.teaching, cache)
         out.write_text(json.dumps(teaching, indent=1))
     for pair in args.pairs:
         if pair in teaching:
@@ -216,7 +217,7 @@ def main() -> None:
             c: Predictor.from_checkpoint(root / r, "cpu", networks_choice="a")
             for c, r in (("a", first), ("b", second))
         }
-        teaching[pair] = teaching_signal(members, data_dir, args.teaching)
+        teaching[pair] = teaching_signal(members, data_dir, args.teaching, cache)
         out.write_text(json.dumps(teaching, indent=1))
     print_teaching(teaching, args.labels)
 
