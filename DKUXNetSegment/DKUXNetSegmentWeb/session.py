@@ -59,8 +59,10 @@ PAGE_WORDS = {
 
 #: Extra layers to show over a finished segmentation: each hook gets the completed task and
 #: returns a volume node for the slice views' foreground, or ``None``. This is where the
-#: uncertainty map plugs in once the logic makes one (e.g. ``lambda task:
-#: getattr(task, "uncertainty_result", None)``); the page works without any.
+#: uncertainty map plugs in: the logic makes one when Segment is started with
+#: ``uncertainty=True`` (the panel's *Show uncertainty*) and keeps it as the task's
+#: ``uncertainty_result``, so ``lambda task: task.uncertainty_result`` shows it; the page does
+#: not ask for a map yet, and works without any hook.
 OverlayHook = Callable[[SegmentTask], Any]
 
 

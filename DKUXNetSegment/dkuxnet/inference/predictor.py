@@ -35,16 +35,10 @@ measure                   per voxel                                             
 one network with TTA; one network without TTA has no second opinion to compare with and is
 refused (:class:`~dkuxnet.errors.ConfigError`).
 
-Why entropy for a dual model (``benchmarks/uncertainty_measures.py``: a tiny dual model after 40
-fp32 iterations on clean phantoms, 40 new phantoms, 10 each clean / noisy / low-contrast /
-both): as a detector of the voxels the prediction got wrong, the entropy of the mean had an
-AUROC of 0.97, the networks' disagreement ``|p_A - p_B|`` 0.81, their symmetric KL divergence
-0.69 and the mutual information 0.69; as a scan score (:mod:`dkuxnet.inference.ranking`) it
-followed ``1 - Dice`` most closely (Spearman 0.82; ``|p_A - p_B|`` 0.64, KL 0.59) and
-separated the degraded phantoms from the clean ones as well as ``|p_A - p_B|`` (2.4 vs 2.3
-pooled standard deviations). The dual method also trains its two networks to agree, which
-leaves less disagreement to measure. Which measure ranks *real* scans best is still to be
-measured.
+Entropy is the map for a dual model because it marks the wrong voxels best; the dual method
+also trains its two networks to agree, which leaves less disagreement to measure. The figures
+behind this choice (``benchmarks/uncertainty_measures.py``, phantoms and real LA scans) are in
+``docs/uncertainty.md``.
 
 The outputs always have the input's exact size, origin, spacing and direction.
 

@@ -6,15 +6,12 @@ Each scan goes through :meth:`Predictor.predict_volume` with an uncertainty meas
     the mean per-voxel uncertainty over the predicted foreground dilated by
     ``border_voxels`` voxels (26-connected steps).
 
-That region is where a label would change the segmentation: the object and its border. On
-synthetic phantoms (``benchmarks/uncertainty_measures.py``, entropy) it is the compromise
-between the alternatives: the mean over the foreground alone followed ``1 - Dice`` a little
-more closely (Spearman 0.88 vs 0.82) but told degraded from clean phantoms apart least
-(1.5 vs 2.4 pooled standard deviations), as it leaves out the border where a missed or extra
-rim shows; the mean over the whole image separated them most (3.2) but followed ``1 - Dice``
-least (0.70), and on real scans it also depends on how much background a scan has (the sum
-would depend on object size). Which score and border width rank real scans best is still to
-be measured.
+That region is where a label would change the segmentation: the object and its border. It is
+the compromise between the alternatives: the mean over the foreground alone leaves out the
+border where a missed or extra rim shows; the mean over the whole image depends on how much
+background a scan has (the sum would depend on object size). The measured comparison
+(``benchmarks/uncertainty_measures.py``, phantoms and real LA scans) is in
+``docs/uncertainty.md``.
 
 An empty prediction (no foreground voxel) scores ``inf`` and ranks first: for a task whose
 scans all contain the structure (the left atrium), the model has missed it, and that scan is
