@@ -46,6 +46,24 @@ def test_paths_outside_the_data_folder_are_refused(data: DataFolder, path: str) 
         data.resolve(path)
 
 
+def test_a_sibling_folder_that_shares_the_roots_name_is_outside(data: DataFolder) -> None:
+    """``data-private`` starts with ``data`` as a string but is not inside ``data``."""
+    assert data.root.name == "data"
+    write_volume(small_volume(), data.root.parent / "data-private" / "x.nrrd")
+    write_volume(small_volume(), data.root.parent / "data2.nrrd")
+    for path in ("../data-private/x.nrrd", str(data.root.parent / "data-private" / "x.nrrd"),
+                 "../data2.nrrd", "sub/../../data-private/x.nrrd"):  # fmt: skip
+        with pytest.raises(InputError, match="outside the data folder"):
+            data.resolve(path)
+    try:
+        os.symlink(data.root.parent / "data-private" / "x.nrrd", data.root / "private.nrrd")
+    except OSError:
+        return  # this file system cannot make symbolic links; the paths above were checked
+    with pytest.raises(InputError, match="outside the data folder"):
+        data.resolve("private.nrrd")
+    assert "private.nrrd" not in data.volumes()
+
+
 def test_a_link_that_points_out_is_refused_and_not_listed(data: DataFolder) -> None:
     outside = data.root.parent / "outside.nrrd"
     write_volume(small_volume(), outside)
