@@ -54,6 +54,63 @@ def test_every_plan_fits_its_budget_and_the_network(machine: Machine, preset: st
     assert all(t >= s for t, s in zip(plan.target_spacing, LA.spacing, strict=True))
 
 
+# Expected values worked out by hand from the rules in dkuxnet/plan.py's docstring, for the LA
+# fingerprint (88 x 140 x 183 voxels of 0.625 mm = 2,254,560 voxels); not from running the code.
+#   budget: GPU 80*112*112 = 1,003,520 * min(1, GB / 12); CPU 163,840 * cores / 2, halved
+#           without bf16, / 4 for the paper network; capped at 1,003,520.
+#   spacing factor: the first of 1, 1.5, 2, 3, 4 with 2,254,560 / f^3 <= context * budget
+#           (context 8 on a GPU, 2 on a CPU).
+#   patch: the image at that spacing rounded up to 16, then the side with the largest
+#           patch / image ratio shrunk by 16 until the product fits the budget.
+PAPER = ModelConfig.preset("paper")
+
+
+@pytest.mark.parametrize(
+    "machine, model, budget, factor, patch",
+    [
+        # 6 GB: half the full budget; factor 1 (2.25 M <= 8 * 501,760); (96, 144, 192) shrinks
+        # z, x, y, x, y, z, x, y, x, z, x, y to 48 x 80 x 112 = 430,080
+        (Machine("cuda", 8, True, 6.0), LITE, 501_760, 1.0, (48, 80, 112)),
+        # 24 and 80 GB: the cap; (96, 144, 192) -> 64 x 96 x 144 = 884,736
+        (Machine("cuda", 8, True, 24.0), LITE, 1_003_520, 1.0, (64, 96, 144)),
+        (Machine("cuda", 2, False, 80.0), LITE, 1_003_520, 1.0, (64, 96, 144)),
+        # 9 GB: three quarters of the full budget
+        (Machine("cuda", 8, True, 9.0), LITE, 752_640, None, None),
+        # 2 cores, bf16: the bundled recipe (factor 2: 281,820 <= 327,680)
+        (Machine("cpu", 2, True), LITE, 163_840, 2.0, (32, 64, 80)),
+        # 2 cores, fp32: 81,920; factor 3 (83,502 <= 163,840); (32, 48, 64) -> z 16
+        (Machine("cpu", 2, False), LITE, 81_920, 3.0, (16, 48, 64)),
+        # 16 cores, bf16: 8 x 163,840 = 1,310,720, capped; factor 1.5 (668,018 <= 2,007,040);
+        # 58.7 x 93.3 x 122 rounds up to 64 x 96 x 128 = 786,432, within the budget
+        (Machine("cpu", 16, True), LITE, 1_003_520, 1.5, (64, 96, 128)),
+        # 16 cores, fp32: 655,360; factor 1.5; 64 x 96 x 128 -> z 48 (589,824)
+        (Machine("cpu", 16, False), LITE, 655_360, 1.5, (48, 96, 128)),
+        # the paper network on 2 cores, bf16: 40,960; factor 4 (35,227 <= 81,920);
+        # 22 x 35 x 45.75 rounds up to 32 x 48 x 48 = 73,728 -> z 16 (36,864)
+        (Machine("cpu", 2, True), PAPER, 40_960, 4.0, (16, 48, 48)),
+        # the paper network on a 6 GB GPU: 125,440; factor 1.5 (668,018 <= 1,003,520);
+        # 64 x 96 x 128 -> 32 x 48 x 80 = 122,880
+        (Machine("cuda", 8, True, 6.0), PAPER, 125_440, 1.5, (32, 48, 80)),
+    ],
+    ids=["gpu6", "gpu24", "gpu80", "gpu9", "cpu2-bf16", "cpu2-fp32", "cpu16-bf16", "cpu16-fp32",
+         "paper-cpu2", "paper-gpu6"],
+)  # fmt: skip
+def test_the_plan_scales_with_the_machine_as_documented(
+    machine: Machine,
+    model: ModelConfig,
+    budget: int,
+    factor: float | None,
+    patch: tuple[int, int, int] | None,
+) -> None:
+    assert voxel_budget(machine, model) == budget
+    if factor is None:
+        return
+    plan = make_plan(LA, machine, model)
+    assert plan.budget_voxels == budget
+    assert plan.target_spacing == (0.625 * factor,) * 3
+    assert plan.patch_size == patch
+
+
 def test_budgets_order_as_the_machines() -> None:
     slow, fast = Machine("cpu", 2, False), Machine("cpu", 2, True)
     assert voxel_budget(slow, LITE) < voxel_budget(fast, LITE)
