@@ -361,13 +361,27 @@ class DataConfig(_Section):
             raise _fail(s, "target_spacing", f"needs 3 positive values, got {self.target_spacing}")
 
 
+#: ``training.mode`` choices.
+TRAINING_MODES = ("dual", "supervised", "pseudo")
+
+
 @dataclass(frozen=True)
 class TrainingConfig(_Section):
     """The dual-network semi-supervised recipe (METHOD.md, "Training").
 
     Attributes:
-        mode: ``dual`` (two networks teaching each other) or ``supervised`` (one network,
-            labeled data only: the baseline).
+        mode: ``dual`` (two networks teaching each other), ``supervised`` (one network,
+            labeled data only: the baseline) or ``pseudo`` (one network; the start model of
+            ``--init`` labels each unlabeled scan once, whole, before training, and the network
+            learns from the labeled and the pseudo-labeled scans: self-training for fine-tunes).
+        pseudo_weight: weight of the pseudo-labeled patches' supervised loss (``pseudo`` mode);
+            ``data.unlabeled_batch`` of them join each iteration's labeled patches.
+        pseudo_tta: the start model labels the unlabeled scans with flip test-time
+            augmentation (8 passes per window instead of 1).
+        pseudo_view: what the network sees of the pseudo-labeled patches: ``weak`` (as
+            sampled) or ``strong`` (the ``strong_*`` intensity perturbation, as network A of the
+            dual mode: the label comes from the clean scan, the network learns to give it on a
+            perturbed one).
         supervised_view: what the one network of ``supervised`` mode sees: ``weak`` (the
             patches as sampled) or ``strong`` (network A's strong-view perturbation: isolates
             the augmentation's share of the dual gain).
@@ -435,11 +449,16 @@ class TrainingConfig(_Section):
     supervised_view: str = "weak"
     init_b: str = "copy"
     init_b_noise: float = 0.05
+    pseudo_weight: float = 1.0
+    pseudo_tta: bool = True
+    pseudo_view: str = "strong"
 
     def __post_init__(self) -> None:
         s = self.SECTION
         _normalise_amp(self, s)
-        _check_choice(s, "mode", self.mode, ("dual", "supervised"))
+        _check_choice(s, "mode", self.mode, TRAINING_MODES)
+        _check_choice(s, "pseudo_view", self.pseudo_view, ("weak", "strong"))
+        _check_positive(s, "pseudo_weight", self.pseudo_weight, allow_zero=True)
         _check_choice(s, "supervised_view", self.supervised_view, ("weak", "strong"))
         _check_choice(s, "init_b", self.init_b, ("copy", "perturb", "fresh"))
         _check_positive(s, "init_b_noise", self.init_b_noise, allow_zero=True)

@@ -4,7 +4,9 @@ Two networks A and B (same architecture, different initialisation) see the same 
 A a strongly augmented view, B a weakly augmented one (same spatial transform, so voxels
 correspond). Each is supervised on the labeled patches and taught by the other on all patches
 (labeled and unlabeled) with L_segc and L_qdc, weighted by a sigmoid ramp-up. ``supervised``
-mode trains one network on labeled patches only: the baseline.
+mode trains one network on labeled patches only: the baseline. ``pseudo`` mode (fine-tunes)
+trains one network on labeled patches and on patches of the unlabeled scans labeled once,
+whole, by the start model before the first iteration (:func:`pseudo_label_cases`).
 
 The trainer reports through :mod:`dkuxnet.events`, checkpoints atomically (see
 :mod:`dkuxnet.training.checkpoint`) and resumes exactly: batches and augmentations are pure
@@ -32,7 +34,7 @@ from torch import nn
 from dkuxnet.config import TrainConfig
 from dkuxnet.data import Case, DatasetSplit, TwoStreamSampler
 from dkuxnet.device import autocast_dtype, resolve_device
-from dkuxnet.errors import CheckpointError, InputError, OutputExistsError
+from dkuxnet.errors import CheckpointError, ConfigError, InputError, OutputExistsError
 from dkuxnet.events import EVENTS_FILE, EventWriter, read_events
 from dkuxnet.losses import (
     affinity_sample,
@@ -189,6 +191,48 @@ def resample_cases(cases: Sequence[Case], spacing: Sequence[float], cache: Path)
     return out
 
 
+PSEUDO_DIR = "pseudo"
+
+
+def pseudo_label_cases(
+    checkpoint: str | os.PathLike[str],
+    cases: Sequence[Case],
+    folder: Path,
+    *,
+    device: str | torch.device,
+    tta: bool,
+    on_case: Callable[[int, int, str], None] | None = None,
+) -> list[Case]:
+    """The ``cases`` with labels predicted by the model of ``checkpoint``, written once.
+
+    Each whole scan is predicted as ``dkuxnet predict`` would on the grid it is given (the
+    trainer gives the resampled, canonical scans it trains on), its label written atomically
+    to ``folder/<name>.nii.gz``; a label already there (a restarted run) is used as it is. A
+    scan where the model finds no foreground is left out (nothing to learn from it, and a
+    foreground-centred crop needs some). ``on_case(done, total, name)`` follows the progress.
+    """
+    from dkuxnet.inference import Predictor
+    from dkuxnet.io import read_volume, write_volume
+
+    teacher: Predictor | None = None
+    out = []
+    for done, case in enumerate(cases, start=1):
+        path = folder / f"{case.name}.nii.gz"
+        if not path.exists():
+            if teacher is None:
+                teacher = Predictor.from_checkpoint(checkpoint, device=device, tta=tta)
+            image = read_volume(case.image)
+            label = teacher.predict_label(image.array)
+            write_volume(image.with_array(label.astype(np.uint8)), path)
+        if read_volume(path, what="label").array.any():
+            out.append(Case(case.name, case.image, path))
+        else:
+            log.info("pseudo-labels: the start model found nothing in %s; left out", case.name)
+        if on_case is not None:
+            on_case(done, len(cases), case.name)
+    return out
+
+
 def _holds_a_run(run_dir: Path) -> bool:
     """A checkpoint, or a session that got as far as ``started`` (an attempt that failed on
     bad input before training began leaves only a ``finished`` event and may be retried)."""
@@ -246,6 +290,13 @@ class Trainer:
             )
         self.config = config
         self.dual = config.training.mode == "dual"
+        self.pseudo = config.training.mode == "pseudo"
+        if self.pseudo and self.init is None and not resume:
+            raise ConfigError(
+                "training.mode=pseudo labels the unlabeled scans with the start model: give "
+                "--init (the model to fine-tune), or use training.mode=dual or supervised"
+            )
+        self._pseudo_sampler: TwoStreamSampler | None = None
         self._distributed = False  # set by _run (the gradient probe is single-process only)
         # training labels' volume range in ml, saved in checkpoints (set by _run)
         self._label_volume_ml: list[float] | None = None
@@ -355,7 +406,7 @@ class Trainer:
             cfg.save(self.run_dir / CONFIG_FILE)
         train_cases, val_cases, val_note = split_validation(self.data, tcfg.val_fraction)
         log.info(val_note)
-        unlabeled_cases = list(self.data.unlabeled) if self.dual else []
+        unlabeled_cases = list(self.data.unlabeled) if self.dual or self.pseudo else []
         if self._resume_record is not None:
             self._label_volume_ml = _union(None, self._resume_record.get("label_volume_ml"))
         else:
@@ -365,6 +416,8 @@ class Trainer:
             train_cases = resample_cases(train_cases, cfg.data.target_spacing, cache)
             val_cases = resample_cases(val_cases, cfg.data.target_spacing, cache)
             unlabeled_cases = resample_cases(unlabeled_cases, cfg.data.target_spacing, cache)
+        if self.pseudo and unlabeled_cases:
+            unlabeled_cases = self._pseudo_labels(unlabeled_cases, dist_info, events)
         networks = self._build_networks()
         for net in networks:
             net.to(self.device)  # keeps the channels-last layout build_model chose
@@ -410,6 +463,21 @@ class Trainer:
             num_classes=cfg.model.out_channels,
         )
         sampler.preload()
+        if self.pseudo and unlabeled_cases and cfg.data.unlabeled_batch > 0:
+            # the pseudo-labeled scans: a labeled stream of their own, its own seed
+            self._pseudo_sampler = TwoStreamSampler(
+                unlabeled_cases,
+                [],
+                cfg.data.patch_size,
+                labeled_batch=cfg.data.unlabeled_batch,
+                unlabeled_batch=0,
+                seed=tcfg.seed + 7919,
+                rank=dist_info.rank,
+                world_size=dist_info.world_size,
+                foreground_ratio=cfg.data.foreground_ratio,
+                num_classes=cfg.model.out_channels,
+            )
+            self._pseudo_sampler.preload()
         validation = self._validation_cases(val_cases) if dist_info.is_main else []
         events.emit(
             "started",
@@ -436,6 +504,34 @@ class Trainer:
         finally:
             prefetch.close()
         return status
+
+    def _pseudo_labels(
+        self, cases: list[Case], dist_info: DistInfo, events: EventWriter
+    ) -> list[Case]:
+        """``pseudo`` mode: the unlabeled ``cases`` labeled by the start model (see
+        :func:`pseudo_label_cases`), cached in the run folder so that a resume reuses them."""
+        folder = self.run_dir / PSEUDO_DIR / f"rank{dist_info.rank}"
+        missing = [c for c in cases if not (folder / f"{c.name}.nii.gz").exists()]
+        if missing and self.init is None:
+            raise CheckpointError(
+                f"{folder}: the pseudo-labels of {len(missing)} unlabeled scan(s) are missing "
+                "and this resumed run does not know its start model; start a new run"
+            )
+
+        def progress(done: int, total: int, name: str) -> None:
+            events.emit("progress", stage="pseudo-labels", done=done, total=total, case=name)
+
+        labeled = pseudo_label_cases(
+            self.init or "",
+            cases,
+            folder,
+            device=self.device,
+            tta=self.config.training.pseudo_tta,
+            on_case=progress,
+        )
+        log.info("pseudo-labels: %d of %d unlabeled scans labeled by the start model",
+                 len(labeled), len(cases))  # fmt: skip
+        return labeled
 
     def _optimizer(self, networks: Sequence[nn.Module]) -> torch.optim.Optimizer:
         tcfg = self.config.training
@@ -464,7 +560,8 @@ class Trainer:
         scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         gen = torch.Generator().manual_seed(0)
         shape = (1, *cfg.data.patch_size)
-        n_lab, n_unl = cfg.data.labeled_batch, cfg.data.unlabeled_batch if self.dual else 0
+        n_lab = cfg.data.labeled_batch
+        n_unl = cfg.data.unlabeled_batch if self.dual or self.pseudo else 0
         times = []
         for it in range(repeats + 1):
             labels = (torch.rand(n_lab, *shape, generator=gen) > 0.8).long()
@@ -477,6 +574,9 @@ class Trainer:
                 weak = torch.cat([batch["labeled_image"], batch["unlabeled_image"]])
                 batch["weak"] = weak
                 batch["strong"] = strong_view(weak, gen)
+            elif self.pseudo and n_unl:
+                batch["pseudo_image"] = strong_view(batch.pop("unlabeled_image"), gen)
+                batch["pseudo_label"] = (torch.rand(n_unl, *shape, generator=gen) > 0.8).long()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             start = time.perf_counter()
@@ -510,8 +610,14 @@ class Trainer:
             weak = torch.cat([batch["labeled_image"], batch["unlabeled_image"]])
             batch["weak"] = weak
             batch["strong"] = strong(weak)
-        elif tcfg.supervised_view == "strong":
+            return batch
+        if tcfg.supervised_view == "strong":
             batch["labeled_image"] = strong(batch["labeled_image"])
+        if self._pseudo_sampler is not None:
+            extra = self._pseudo_sampler.batch(iteration)
+            images = extra["labeled_image"]
+            batch["pseudo_image"] = strong(images) if tcfg.pseudo_view == "strong" else images
+            batch["pseudo_label"] = extra["labeled_label"]
         return batch
 
     def _loop(
@@ -606,7 +712,23 @@ class Trainer:
         )
         optimizer.zero_grad(set_to_none=True)
         parts: dict[str, float] = {}
-        if not self.dual:
+        if not self.dual and "pseudo_image" in batch:
+            # pseudo mode: the labeled and the pseudo-labeled patches in one forward pass
+            images = torch.cat([labeled, batch["pseudo_image"]])
+            with autocast:
+                out = models[0](images.to(dev))
+            sup = supervised_loss(
+                out.batch_slice(0, n_lab), labels, tcfg.lambda_query, tcfg.lambda_aux
+            )
+            pseudo = supervised_loss(
+                out.batch_slice(n_lab, images.shape[0]),
+                batch["pseudo_label"].to(dev),
+                tcfg.lambda_query,
+                tcfg.lambda_aux,
+            )
+            total = sup["total"] + tcfg.pseudo_weight * pseudo["total"]
+            parts = {"sup": float(sup["total"].detach()), "pseudo": float(pseudo["total"].detach())}
+        elif not self.dual:
             with autocast:
                 out = models[0](labeled.to(dev))
             sup = supervised_loss(out, labels, tcfg.lambda_query, tcfg.lambda_aux)

@@ -1,0 +1,298 @@
+"""What does a clinician's Fine-tune gain from unlabeled scans? (issue 24: the product's claim)
+
+    python scripts/fine_tune_bench.py --data IMPORTED --out /work/ftb \
+        [--scanners thick-slices low-res bias-oblique] [--arms bundled supervised pseudo dual] \
+        [--seeds 0] [--iterations 250] [--model BUNDLED]
+
+Plays the Slicer panel's **Fine-tune** as a user meets it, on scans of a simulated new
+scanner: the scans go into a real MRML scene (``slicer-core``), the labeled ones with a
+segmentation each, and the panel's own logic (``DKUXNetLogic.start_fine_tune``, the code behind
+the button) exports them and runs ``dkuxnet train --init <bundled model>`` in a child process,
+exactly as the panel does; the arm's settings go in as the panel's ``extra_settings``.
+
+Data (an ``la-import`` folder ``IMPORTED`` of the 2018 LA challenge, standard split):
+
+* the fine-tune set: the 20 **test-list** scans through the scanner, the first 4 labeled, the
+  next 16 unlabeled (their labels are used only to score them: score **(a)**, the scans the
+  clinician wants segmented);
+* held-out: the last 8 **train-list** scans through the scanner (the bundled model's own
+  validation split: never trained on, and never used here to choose anything): score **(b)**.
+
+Each scan goes through a simulated scanner, fixed per (scanner, case): ``thick-slices`` (blur
+along z, a compressing contrast response, bias field, noise), ``low-res`` (another voxel grid,
+1.0 x 1.0 x 2.0 mm, with its blur; a saturating contrast response; noise) and ``bias-oblique``
+(stored in another orientation, x/y swapped and x flipped, same anatomy in space; a strong bias
+field, an expanding contrast response, Rician noise). Labels follow the image onto its grid
+(nearest neighbour), and every score is on the scanner's own grid (Dice %, voxels).
+
+Arms (``--arms``; ``NAME@N`` runs NAME with N iterations instead of ``--iterations``):
+``bundled`` (no fine-tune), ``supervised`` (the labeled scans only), ``two-nets`` (two
+networks, no consistency), ``dual`` (the paper's method: both consistency losses), ``pseudo``
+(the start model labels the unlabeled scans once, whole, with flip TTA; one network learns from
+labeled + pseudo-labeled patches, a strong view of the latter), ``pseudo-weak``, ``pseudo-notta``.
+Every finished arm's scores and wall-clock time (the panel's elapsed time, pseudo-labelling and
+validation included) go to ``OUT/results.json``; ``OUT/table.md`` is rewritten after each arm.
+A run killed mid-arm resumes that arm's run on the next start (the panel's Resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "DKUXNetSegment"))  # the module folder, as Slicer does
+
+from dkuxnet.data import Case, load_dataset  # noqa: E402
+from dkuxnet.inference import Predictor  # noqa: E402
+from dkuxnet.inference.predictor import resample_to_spacing  # noqa: E402
+from dkuxnet.io import Volume, read_volume, write_volume  # noqa: E402
+from dkuxnet.resources import default_model_path  # noqa: E402
+
+log = logging.getLogger("fine_tune_bench")
+
+#: the panel's extra settings of each arm (``--set`` overrides of ``dkuxnet train --init``)
+ARMS: dict[str, tuple[str, ...]] = {
+    "supervised": ("training.mode=supervised",),
+    "two-nets": ("training.mode=dual", "training.use_segc=false", "training.use_qdc=false"),
+    "dual": ("training.mode=dual",),
+    "pseudo": ("training.mode=pseudo",),
+    "pseudo-weak": ("training.mode=pseudo", "training.pseudo_view=weak"),
+    "pseudo-notta": ("training.mode=pseudo", "training.pseudo_tta=false"),
+}
+SCANNERS = ("thick-slices", "low-res", "bias-oblique")
+LABELED, UNLABELED, HELD_OUT = 4, 16, 8
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(a, (0.5, 99.5))
+    return np.clip((a - lo) / (hi - lo + 1e-6), 0.0, 1.0)
+
+
+def _bias(shape: tuple[int, ...], rng: np.random.Generator, strength: float) -> np.ndarray:
+    coarse = rng.normal(0.0, 1.0, (3, 4, 4))
+    field = ndimage.zoom(coarse, np.array(shape) / np.array(coarse.shape), order=3)
+    field = field[: shape[0], : shape[1], : shape[2]]
+    return np.exp(strength * field / (np.abs(field).max() + 1e-6))
+
+
+def simulate(image: Volume, label: Volume, scanner: str, seed: int) -> tuple[Volume, Volume]:
+    """The scan and its label as ``scanner`` would give them (deterministic in ``seed``)."""
+    rng = np.random.default_rng(seed)
+    a = image.array.astype(np.float32)
+    if scanner == "thick-slices":
+        a = ndimage.gaussian_filter(a, (2.0, 0, 0))  # (z, y, x): ~1.25 mm more along z
+        out = _unit(a) ** 0.5 * _bias(a.shape, rng, 0.4)
+        out += rng.normal(0.0, 0.08, a.shape)
+        return image.with_array((1000 * out).astype(np.float32)), label
+    if scanner == "low-res":
+        new = np.array([1.0, 1.0, 2.0])  # x, y, z in mm
+        sigma = np.maximum(new / np.asarray(image.spacing) / 2.5, 0)[::-1]  # anti-alias (z,y,x)
+        blurred = image.with_array(ndimage.gaussian_filter(a, tuple(sigma)))
+        coarse = resample_to_spacing(blurred, new, interpolator=sitk.sitkLinear)
+        u = _unit(coarse.array)
+        out = 1.0 / (1.0 + np.exp(-(u - 0.45) / 0.12))  # saturating response
+        out += rng.normal(0.0, 0.05, out.shape)
+        grid = coarse.with_array((800 * out).astype(np.float32))
+        lab = sitk.Resample(
+            label.to_sitk(), grid.to_sitk(), sitk.Transform(), sitk.sitkNearestNeighbor, 0
+        )
+        return grid, Volume.from_sitk(lab)
+    if scanner == "bias-oblique":
+        out = _unit(a) ** 1.5 * _bias(a.shape, rng, 0.7)
+        n1, n2 = rng.normal(0.0, 0.1, (2, *a.shape))
+        out = np.sqrt((out + n1) ** 2 + n2**2)  # Rician
+        stored = image.with_array((1200 * out).astype(np.float32))
+
+        def reoriented(v: Volume) -> Volume:  # same voxels in space, another storage order
+            img = sitk.Flip(sitk.PermuteAxes(v.to_sitk(), [1, 0, 2]), [True, False, False])
+            return Volume.from_sitk(img)
+
+        return reoriented(stored), reoriented(label)
+    raise SystemExit(f"unknown scanner {scanner!r}; one of {', '.join(SCANNERS)}")
+
+
+def prepare(data: Path, folder: Path, scanner: str) -> dict[str, list[Case]]:
+    """``labeled`` / ``unlabeled`` / ``held_out`` cases of ``scanner``, written once."""
+    split = load_dataset(data)
+    groups = {
+        "labeled": split.test[:LABELED],
+        "unlabeled": split.test[LABELED : LABELED + UNLABELED],
+        "held_out": list(split.labeled)[-HELD_OUT:],
+    }
+    if len(groups["unlabeled"]) < UNLABELED or len(groups["held_out"]) < HELD_OUT:
+        raise SystemExit(f"{data}: needs 20 test-list and 8 train-list scans with labels")
+    out: dict[str, list[Case]] = {}
+    for group, cases in groups.items():
+        out[group] = []
+        for case in cases:
+            image_path = folder / scanner / "images" / f"{case.name}.nii.gz"
+            label_path = folder / scanner / "labels" / f"{case.name}.nii.gz"
+            if not label_path.exists():
+                assert case.label is not None
+                seed = zlib.crc32(f"{scanner}/{case.name}".encode())
+                image, label = simulate(
+                    read_volume(case.image), read_volume(case.label, what="label"), scanner, seed
+                )
+                write_volume(image, image_path, overwrite=True)
+                label = label.with_array(np.rint(label.array).astype(np.uint8))
+                write_volume(label, label_path, overwrite=True)
+            out[group].append(Case(case.name, image_path, label_path))
+    return out
+
+
+def dice_scores(model: Path, cases: list[Case]) -> dict[str, float]:
+    """Dice % of each case, as ``dkuxnet predict`` would segment it (no TTA)."""
+    predictor = Predictor.from_checkpoint(model, device="cpu")
+    scores = {}
+    for case in cases:
+        assert case.label is not None
+        pred = predictor.predict_volume(read_volume(case.image)).label.array > 0
+        truth = read_volume(case.label, what="label").array > 0
+        total = pred.sum() + truth.sum()
+        scores[case.name] = 100.0 * 2.0 * (pred & truth).sum() / total if total else 100.0
+    return scores
+
+
+def fine_tune(
+    cases: dict[str, list[Case]],
+    settings: tuple[str, ...],
+    iterations: int,
+    model: Path,
+    runs: Path,
+) -> tuple[Path, float]:
+    """The panel's Fine-tune on ``cases``: returns the adopted model and the elapsed seconds."""
+    import slicer
+
+    from DKUXNetSegmentLib import slicer_bridge
+    from DKUXNetSegmentLib.logic import DKUXNetLogic, LabeledPair
+
+    scene = slicer.vtkMRMLScene()
+    logic = DKUXNetLogic(
+        scene, jobs_dir=runs / "jobs", runs_dir=runs, python_executable=sys.executable
+    )
+    previous = sorted(runs.glob("finetune*"))
+    if previous and (previous[-1] / "run" / "last.pt").is_file():
+        log.info("resuming %s", previous[-1])
+        task = logic.resume_fine_tune(previous[-1])
+        elapsed_before = (
+            float(json.loads((runs / "elapsed.json").read_text())["s"])
+            if (runs / "elapsed.json").exists()
+            else 0.0
+        )
+    else:
+        pairs = []
+        for case in cases["labeled"]:
+            assert case.label is not None
+            node = slicer_bridge.add_volume_node(scene, read_volume(case.image), case.name)
+            seg = slicer_bridge.import_label(read_volume(case.label, what="label"), node)
+            pairs.append(LabeledPair(node, seg, slicer_bridge.segment_ids(seg)[0]))
+        unlabeled = [
+            slicer_bridge.add_volume_node(scene, read_volume(c.image), c.name)
+            for c in cases["unlabeled"]
+        ]
+        task = logic.start_fine_tune(
+            pairs, unlabeled, iterations, init_model=model, device="cpu", extra_settings=settings
+        )
+        elapsed_before = 0.0
+    last_report = 0.0
+    while not task.state.is_final:
+        time.sleep(2.0)
+        task.poll()
+        (runs / "elapsed.json").write_text(json.dumps({"s": elapsed_before + task.elapsed_s}))
+        if time.monotonic() - last_report > 60:
+            last_report = time.monotonic()
+            log.info("%s", task.describe())
+    task.poll()
+    if task.model_path is None or task.error:
+        raise SystemExit(f"fine-tune failed: {task.error} (see {runs})")
+    return task.run_dir, elapsed_before + task.elapsed_s
+
+
+def table(results: dict) -> str:
+    lines = [
+        "Dice % on simulated new scanners: (a) the 16 unlabeled scans of the fine-tune, "
+        f"(b) {HELD_OUT} held-out scans; paired differences vs the supervised fine-tune of the "
+        "same seed and iteration count where there is one.",
+        "",
+        "| scanner | arm | iterations | seed | time (s) | (a) unlabeled | (b) held-out "
+        "| (a) vs supervised | (b) vs supervised |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, r in sorted(results.items()):
+        scanner, arm, iters, seed = key.split("|")
+        ref = results.get(f"{scanner}|supervised|{iters}|{seed}")
+        diffs = []
+        for part in ("unlabeled", "held_out"):
+            if ref is None or arm == "supervised":
+                diffs.append("")
+                continue
+            d = [r[part][c] - ref[part][c] for c in r[part]]
+            diffs.append(f"{statistics.mean(d):+.2f} ({sum(x > 0 for x in d)}/{len(d)})")
+        lines.append(
+            f"| {scanner} | {arm} | {iters} | {seed} | {r['time_s']:.0f} | "
+            f"{statistics.mean(r['unlabeled'].values()):.2f} | "
+            f"{statistics.mean(r['held_out'].values()):.2f} | {diffs[0]} | {diffs[1]} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--data", required=True, type=Path, help="la-import output folder")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--model", type=Path, default=None, help="default: the bundled model")
+    p.add_argument("--scanners", nargs="+", default=list(SCANNERS), choices=SCANNERS)
+    p.add_argument("--arms", nargs="+", default=["bundled", "supervised", "pseudo", "dual"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--iterations", type=int, default=250, help="the panel's default: 250")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    model = args.model or default_model_path()
+    if model is None:
+        raise SystemExit("no --model and no bundled model found")
+    args.out.mkdir(parents=True, exist_ok=True)
+    results_path = args.out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    for scanner in args.scanners:
+        cases = prepare(args.data, args.out / "scans", scanner)
+        for seed in args.seeds:
+            for spec in args.arms:
+                arm, _, n = spec.partition("@")
+                if arm != "bundled" and arm not in ARMS:
+                    raise SystemExit(f"unknown arm {arm!r}; one of bundled, {', '.join(ARMS)}")
+                iters = 0 if arm == "bundled" else int(n or args.iterations)
+                key = f"{scanner}|{arm}|{iters}|{0 if arm == 'bundled' else seed}"
+                if key in results:
+                    continue
+                log.info("%s", key)
+                if arm == "bundled":
+                    scored, elapsed = model, 0.0
+                else:
+                    runs = args.out / "runs" / f"{scanner}-{arm}-{iters}-seed{seed}"
+                    settings = (*ARMS[arm], f"training.seed={seed}")
+                    scored, elapsed = fine_tune(cases, settings, iters, model, runs)
+                results[key] = {
+                    "time_s": elapsed,
+                    "unlabeled": dice_scores(scored, cases["unlabeled"]),
+                    "held_out": dice_scores(scored, cases["held_out"]),
+                }
+                results_path.write_text(json.dumps(results, indent=1))
+                (args.out / "table.md").write_text(table(results))
+                print(table(results), flush=True)
+
+
+if __name__ == "__main__":
+    main()
