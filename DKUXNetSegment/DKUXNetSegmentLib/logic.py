@@ -641,6 +641,12 @@ class FineTuneTask(Task):
             self.total = event.get("total") or self.total
             self.iteration = int(event.get("resumed_from") or 0)
             self.status = f"started on {event.get('device', '?')}"
+        elif kind == "progress" and event.get("stage") == "pseudo-labels":
+            # pseudo mode, before the first iteration: the start model labels the scans
+            self.status = (
+                f"labelling the unlabeled scans with the start model: "
+                f"{event.get('done', '?')}/{event.get('total', '?')}"
+            )
         elif kind == "iteration":
             self.iteration = int(event["iteration"])
             self.total = event.get("total") or self.total
