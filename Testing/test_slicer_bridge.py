@@ -293,3 +293,55 @@ def test_added_volume_nodes_can_be_shown(scene) -> None:
     assert shown.GetDisplayNode() is not None
     hidden = bridge.add_volume_node(scene, bridge.volume_from_node(node), "helper", display=False)
     assert hidden.GetDisplayNode() is None
+
+
+def stored_geometry(seg_node) -> tuple[np.ndarray, list[int]]:
+    """The segmentation's reference image geometry: IJK->RAS matrix (its frame) and extent."""
+    text = bridge.reference_geometry(seg_node)
+    values = [float(v) for v in text.split(";") if v]
+    assert len(values) == 22, text
+    return np.reshape(values[:16], (4, 4)), [int(v) for v in values[16:]]
+
+
+@pytest.mark.parametrize("kind", ["translation", "rotation"])
+@pytest.mark.parametrize("target", ["new", "replace, made by us", "replace, empty node"])
+def test_reference_geometry_is_the_volumes_own_under_a_parent_transform(
+    scene, kind: str, target: str
+) -> None:
+    """Segment Editor edits on the stored reference geometry: it must be the volume's grid.
+
+    The segmentation sits under the volume's transform, so in its frame the grid is the
+    volume's own IJK->RAS matrix. Setting the geometry before the transform stored the
+    transform folded in (a 30 mm shift stored as origin + 30, i.e. + 60 in the world).
+    """
+    volume_node, _ = make_volume_node(scene, shape=(6, 9, 11))
+    volume_node.SetAndObserveTransformNodeID(parent_transform(scene, kind).GetID())
+    label = bridge.volume_from_node(volume_node).with_array(ellipsoid_label())
+    chosen = None
+    if target == "replace, made by us":
+        chosen = bridge.new_segmentation_node(volume_node, "chosen")
+    elif target == "replace, empty node":  # the selector's "Create new segmentation"
+        chosen = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
+        chosen.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+    seg_node = bridge.import_label(label, volume_node, chosen, closed_surface=False)
+    assert seg_node.GetTransformNodeID() == volume_node.GetTransformNodeID()
+    matrix, extent = stored_geometry(seg_node)
+    np.testing.assert_allclose(matrix, node_matrix(volume_node), atol=1e-9)
+    assert extent == [0, 10, 0, 8, 0, 5]
+
+
+def test_reference_geometry_of_an_untransformed_empty_node_is_the_world_grid(scene) -> None:
+    """A chosen node outside the volume's transform gets the grid as the world sees it."""
+    import slicer
+    import vtk
+
+    volume_node, _ = make_volume_node(scene)
+    transform = parent_transform(scene, "rotation")
+    volume_node.SetAndObserveTransformNodeID(transform.GetID())
+    chosen = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "world")
+    label = bridge.volume_from_node(volume_node).with_array(ellipsoid_label())
+    bridge.import_label(label, volume_node, chosen, closed_surface=False)
+    to_world = vtk.vtkMatrix4x4()
+    transform.GetMatrixTransformToWorld(to_world)
+    expected = slicer.util.arrayFromVTKMatrix(to_world) @ node_matrix(volume_node)
+    np.testing.assert_allclose(stored_geometry(chosen)[0], expected, atol=1e-9)

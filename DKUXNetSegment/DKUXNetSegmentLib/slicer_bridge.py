@@ -292,14 +292,38 @@ def node_ids_with_attribute(
 def new_segmentation_node(
     reference_node: slicer.vtkMRMLVolumeNode, name: str | None = None
 ) -> slicer.vtkMRMLSegmentationNode:
-    """An empty segmentation node named after ``reference_node`` and placed on its grid."""
+    """An empty segmentation node named after ``reference_node`` and placed on its grid.
+
+    The node goes under the volume's parent transform *before* its reference geometry is set:
+    ``SetReferenceImageGeometryParameterFromVolumeNode`` maps the volume's geometry through
+    the transform between the two nodes' parents (``vtkMRMLSegmentationNode.cxx``, Slicer
+    5.10), so in the other order the transform was folded into the stored geometry and then
+    applied again, and the Segment Editor edited on a shifted or rotated grid.
+    """
     scene = reference_node.GetScene()
     name = name or f"{reference_node.GetName()} segmentation"
     seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
-    seg_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
     seg_node.SetAndObserveTransformNodeID(reference_node.GetTransformNodeID())
+    seg_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
     seg_node.CreateDefaultDisplayNodes()
     return seg_node
+
+
+def reference_geometry(segmentation_node: slicer.vtkMRMLSegmentationNode) -> str:
+    """The segmentation's ``Reference image geometry`` conversion parameter (``""``: none).
+
+    The text is Slicer's serialised grid: the 16 values of the IJK->RAS matrix (row by row, in
+    the segmentation node's own frame) and the 6 values of the extent, ``;``-separated.
+    """
+    name = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    # "name|value|description&..." (vtkSegmentation::SerializeAllConversionParameters); asking
+    # GetConversionParameter for a parameter the node does not have logs an error.
+    serialised = segmentation_node.GetSegmentation().SerializeAllConversionParameters()
+    for entry in serialised.split("&"):
+        parts = entry.split("|")
+        if len(parts) >= 2 and parts[0] == name:
+            return parts[1]
+    return ""
 
 
 def import_label(
@@ -328,6 +352,10 @@ def import_label(
     scene = reference_node.GetScene()
     if segmentation_node is None:
         segmentation_node = new_segmentation_node(reference_node)
+    elif not reference_geometry(segmentation_node):
+        # An empty node from the selector's "Create new segmentation": give it the volume's
+        # grid (in its own frame), as the Segment Editor does when a source volume is chosen.
+        segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
     segmentation = segmentation_node.GetSegmentation()
     values = [int(v) for v in np.unique(label.array) if v != 0]
     wanted = {v: segment_names.get(v, f"Label {v}") for v in values} or dict(segment_names)
