@@ -15,10 +15,12 @@ from dkuxnet.jobs import (
     CREATE_NEW_PROCESS_GROUP,
     CREATE_NO_WINDOW,
     JOB_FILE,
+    RUN_TOKEN_ENV,
     STOP_REQUEST_FILE,
     Job,
     JobState,
     child_environment,
+    clear_stale_stop_request,
     dkuxnet_command,
     popen_options,
 )
@@ -280,6 +282,27 @@ def test_request_stop_without_a_stop_file_does_nothing(tmp_path: Path) -> None:
     job = script_job(tmp_path, "time.sleep(0.1)")
     assert job.request_stop() is False
     assert not list(tmp_path.rglob(STOP_REQUEST_FILE))
+
+
+def test_a_stop_request_names_the_run_it_was_written_for(tmp_path: Path) -> None:
+    """The token goes to the child (environment) and into the stop file, so the child can tell
+    a Cancel sent while it started from a stop file an earlier run left behind."""
+    stop_file = tmp_path / "job" / "run" / STOP_REQUEST_FILE
+    job = script_job(tmp_path, "print(os.environ['" + RUN_TOKEN_ENV + "'])", stop_file=stop_file)
+    assert job.run_token and job.env[RUN_TOKEN_ENV] == job.run_token
+    job.start()
+    assert job.request_stop()  # before the child has looked
+    assert job.wait(timeout=30) is JobState.COMPLETED
+    assert job.run_token in job.log_tail()
+    assert clear_stale_stop_request(stop_file, token=job.run_token) is False
+    assert stop_file.is_file()
+    other = script_job(tmp_path / "later", "pass", stop_file=stop_file)
+    assert other.run_token != job.run_token
+    assert clear_stale_stop_request(stop_file, token=other.run_token) is True
+    assert not stop_file.exists()
+    stop_file.write_text("")  # written by hand, or by an older version: no token
+    assert clear_stale_stop_request(stop_file, token="") is True
+    assert clear_stale_stop_request(stop_file, token="x") is False  # nothing there
 
 
 @POSIX_ONLY

@@ -364,6 +364,16 @@ def test_fine_tune_cancel_needs_no_signal(scene, logic, monkeypatch) -> None:
     assert resumed.iteration == 300
 
 
+def test_fine_tune_cancelled_while_the_child_starts(scene, logic, monkeypatch) -> None:
+    """The stop file written before the child read it (no signal: as on Windows) is kept."""
+    monkeypatch.setenv("FAKE_DKUXNET_SLEEP", "0.05")
+    pair, _ = make_pair(scene, "L1", 1)
+    task = logic.start_fine_tune([pair], iterations=40)
+    assert task.job.request_stop()  # the file only; the child is still importing
+    assert task.wait(TIMEOUT) is JobState.CANCELLED, task.error
+    assert task.iteration == 1
+
+
 def test_fine_tune_failure_and_bad_inputs(scene, logic, monkeypatch) -> None:
     with pytest.raises(InputError, match="at least one"):
         logic.start_fine_tune([])

@@ -295,6 +295,42 @@ def test_stop_file_stops_after_the_current_iteration(dataset: Path, tmp_path: Pa
     assert load_checkpoint(run / "last.pt")["iteration"] == 1
 
 
+def test_a_stop_written_for_this_run_before_it_started_is_honoured(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancel pressed while the child starts: the stop file names the run's token and stays.
+
+    The trainer used to delete every stop file at its start, so this Cancel was lost (on
+    Windows the job was then killed after the grace period instead of stopping cleanly).
+    """
+    from dkuxnet.jobs import RUN_TOKEN_ENV
+    from dkuxnet.training.trainer import STOP_FILE
+
+    monkeypatch.setenv(RUN_TOKEN_ENV, "this-run")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / STOP_FILE).write_text("stop requested at 0\nrun this-run\n")
+    trainer = Trainer(tiny_config(iterations=3), load_dataset(dataset), run, device="cpu")
+    assert trainer.run() == "cancelled"
+    assert load_checkpoint(run / "last.pt")["iteration"] == 1
+
+
+def test_a_stop_of_an_earlier_run_is_cleared(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dkuxnet.jobs import RUN_TOKEN_ENV
+    from dkuxnet.training.trainer import STOP_FILE
+
+    monkeypatch.setenv(RUN_TOKEN_ENV, "this-run")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / STOP_FILE).write_text("stop requested at 0\nrun an-earlier-run\n")
+    trainer = Trainer(tiny_config(iterations=2), load_dataset(dataset), run, device="cpu")
+    assert trainer.run() == "completed"
+    assert load_checkpoint(run / "last.pt")["iteration"] == 2
+    assert not (run / STOP_FILE).exists()
+
+
 def test_gradient_probe_logs_both_norms_and_leaves_the_run_unchanged(
     dataset: Path, tmp_path: Path
 ) -> None:

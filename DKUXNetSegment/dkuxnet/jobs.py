@@ -33,6 +33,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -47,6 +48,9 @@ LOG_FILE = "job.log"
 #: The stop file of a ``dkuxnet train`` run folder (``dkuxnet.training.trainer.STOP_FILE``,
 #: which imports torch; this module must not).
 STOP_REQUEST_FILE = "stop.request"
+#: The environment variable that gives a child its run token; a stop file that holds the token
+#: was written for this run (:func:`clear_stale_stop_request`).
+RUN_TOKEN_ENV = "DKUXNET_RUN_TOKEN"
 IS_WINDOWS = sys.platform == "win32"
 # Windows process creation flags (``subprocess`` defines them only on Windows).
 CREATE_NEW_PROCESS_GROUP = 0x00000200
@@ -70,6 +74,34 @@ class JobState(str, enum.Enum):
 def package_root() -> Path:
     """The folder that holds the ``dkuxnet`` package (the Slicer module folder)."""
     return Path(__file__).resolve().parent.parent
+
+
+def clear_stale_stop_request(stop_file: Path, token: str | None = None) -> bool:
+    """Remove a stop file left by an earlier run; keep one written for this run.
+
+    A child that starts removes old stop requests, but the user may press Cancel while it
+    starts (importing torch takes seconds): that request names the run's token (written by
+    :meth:`Job.request_stop`) and must stop the run, not be lost. Without a token (a run not
+    started by a :class:`Job`, e.g. ``dkuxnet train`` typed by hand) every stop file found at
+    the start is old.
+
+    Args:
+        stop_file: the run's stop file.
+        token: this run's token; :data:`RUN_TOKEN_ENV` of the environment by default.
+
+    Returns:
+        ``True`` when a stale file was removed.
+    """
+    token = os.environ.get(RUN_TOKEN_ENV) if token is None else token
+    try:
+        text = stop_file.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return False
+    if token and f"run {token}" in text:
+        log.info("%s was written for this run: stopping after the first iteration", stop_file)
+        return False
+    stop_file.unlink(missing_ok=True)
+    return True
 
 
 def dkuxnet_command(args: Sequence[str], python_executable: str | None = None) -> list[str]:
@@ -147,6 +179,11 @@ class Job:
         self.config = dict(config or {})
         self.skip_existing_events = skip_existing_events
         self.stop_file = Path(stop_file) if stop_file else None
+        # Written into the stop file and given to the child, so that a Cancel sent before the
+        # child reads its stop file is kept, and a stop file of an earlier run is not.
+        self.run_token = uuid.uuid4().hex if self.stop_file else None
+        if self.run_token:
+            self.env[RUN_TOKEN_ENV] = self.run_token
         self.events: list[dict[str, Any]] = []
         self.started_at: float | None = None
         self.ended_at: float | None = None
@@ -255,7 +292,9 @@ class Job:
         if self.stop_file is None:
             return False
         self.stop_file.parent.mkdir(parents=True, exist_ok=True)
-        self.stop_file.write_text(f"stop requested at {time.time():.3f}\n", encoding="utf-8")
+        self.stop_file.write_text(
+            f"stop requested at {time.time():.3f}\nrun {self.run_token}\n", encoding="utf-8"
+        )
         log.info("job %s: wrote %s", self.pid, self.stop_file)
         return True
 

@@ -36,6 +36,7 @@ from dkuxnet.data import Case, DatasetSplit, TwoStreamSampler
 from dkuxnet.device import autocast_dtype, resolve_device
 from dkuxnet.errors import CheckpointError, ConfigError, InputError, OutputExistsError
 from dkuxnet.events import EVENTS_FILE, EventWriter, read_events
+from dkuxnet.jobs import clear_stale_stop_request
 from dkuxnet.losses import (
     affinity_sample,
     query_affinity_consistency,
@@ -71,7 +72,8 @@ LAST = "last.pt"
 BEST = "best.pt"
 #: A file of this name in the run folder asks the trainer to stop after the current iteration
 #: (saving ``last.pt``). Polled every iteration; unlike a signal it reaches a training process
-#: on every platform (Windows GUI children get no console events). Removed when a run starts.
+#: on every platform (Windows GUI children get no console events). One left by an earlier run
+#: is removed when a run starts; one written for this run stops it (``clear_stale_stop_request``).
 STOP_FILE = "stop.request"
 #: Prefix of the gradient-norm probes (``training.grad_probe_every``) in an iteration event.
 GRAD_NORM = "grad_norm_"
@@ -363,7 +365,7 @@ class Trainer:
             lock.acquire()
             for stale in remove_stale_temporaries(self.run_dir):
                 log.info("removed %s, left by an interrupted checkpoint write", stale.name)
-            (self.run_dir / STOP_FILE).unlink(missing_ok=True)  # a request for an earlier start
+            clear_stale_stop_request(self.run_dir / STOP_FILE)  # keeps a Cancel for this run
         events = EventWriter(self.run_dir / EVENTS_FILE, enabled=dist_info.is_main)
         restore_signals = self._install_signal_handlers()
         try:
