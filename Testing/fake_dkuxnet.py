@@ -7,6 +7,11 @@ current iteration on SIGTERM or when ``RUN/stop.request`` exists (a stale one is
 start). ``FAKE_DKUXNET_FAIL=1`` in the environment makes either command fail after its first
 event; ``FAKE_DKUXNET_IGNORE_SIGTERM=1`` makes ``train`` deaf to SIGTERM, as a Windows child of
 Slicer is to console control events.
+
+``FAKE_DKUXNET_DICE=0.5,0.8,0.6`` scripts the validation Dice of ``train`` (one value per
+validation, every second iteration; the last one repeats; by default it rises every time). As
+in the real trainer, the validation event says ``best`` and ``best.pt`` is written only when
+the Dice beats the best so far, which ``last.pt`` remembers for a resume.
 """
 
 from __future__ import annotations
@@ -61,8 +66,11 @@ def train(args: argparse.Namespace) -> int:
     else:
         signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     start = 0
+    best: float | None = None
     if args.resume:
-        start = json.loads((run / "last.pt").read_text())["iteration"]
+        last = json.loads((run / "last.pt").read_text())
+        start, best = last["iteration"], last.get("best_metric")
+    scripted = [float(v) for v in os.environ.get("FAKE_DKUXNET_DICE", "").split(",") if v]
     events.emit("started", job="train", total=args.iterations, device="cpu", resumed_from=start)
     if os.environ.get("FAKE_DKUXNET_FAIL"):
         events.emit("finished", status="failed", error="fake train: out of memory")
@@ -81,14 +89,20 @@ def train(args: argparse.Namespace) -> int:
             it_per_s=1.0 / max(delay, 1e-3),
         )
         if it % 2 == 0:
-            dice = {"case0": 1.0 - 1.0 / (it + 1)}
-            events.emit("validation", iteration=it, dice=dice, mean_dice=dice["case0"], best=True)
-            (run / "best.pt").write_text(json.dumps({"iteration": it}))
-            events.emit("checkpoint", iteration=it, path=str(run / "best.pt"), kind="best")
+            mean = scripted[min(it // 2, len(scripted)) - 1] if scripted else 1.0 - 1.0 / (it + 1)
+            improved = best is None or mean > best
+            if improved:
+                best = mean
+            events.emit(
+                "validation", iteration=it, dice={"case0": mean}, mean_dice=mean, best=improved
+            )
+            if improved:
+                (run / "best.pt").write_text(json.dumps({"iteration": it, "best_metric": best}))
+                events.emit("checkpoint", iteration=it, path=str(run / "best.pt"), kind="best")
         if stop or stop_file.exists():
             stop.append(1)
             break
-    (run / "last.pt").write_text(json.dumps({"iteration": it}))
+    (run / "last.pt").write_text(json.dumps({"iteration": it, "best_metric": best}))
     events.emit("checkpoint", iteration=it, path=str(run / "last.pt"), kind="last")
     events.emit("finished", status="cancelled" if stop else "completed", error=None)
     return 0
