@@ -306,6 +306,26 @@ def test_fine_tune_exports_data_plots_progress_and_adopts_model(scene, logic) ->
     assert scene.GetNodesByClass("vtkMRMLLabelMapVolumeNode").GetNumberOfItems() == 0
 
 
+def test_fine_tune_adopts_the_best_model_not_the_last(scene, logic, monkeypatch) -> None:
+    """Validation Dice 0.5, 0.8, 0.6 (iterations 2, 4, 6): the model of iteration 4 is the one
+    Segment uses afterwards, and the status names its Dice."""
+    monkeypatch.setenv("FAKE_DKUXNET_DICE", "0.5,0.8,0.6")
+    pair, _ = make_pair(scene, "L1", 1)
+    task = logic.start_fine_tune([pair], iterations=6)
+    assert task.wait(TIMEOUT) is JobState.COMPLETED, task.error
+    assert json.loads((task.run_dir / "last.pt").read_text())["iteration"] == 6
+    assert task.model_path == task.run_dir / "best.pt"
+    assert json.loads(task.model_path.read_text())["iteration"] == 4
+    assert task.best_dice == pytest.approx(0.8) and "best validation Dice 0.800" in task.status
+    dice = task.plots.dice_table.GetTable().GetColumnByName("mean Dice")
+    assert [dice.GetValue(i) for i in range(3)] == pytest.approx([0.5, 0.8, 0.6])
+
+    params = logic_module.Parameters(scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode"))
+    logic.adopt_model(task, params)
+    adopted = logic_module.resolve_model(params.model_source, params.model_path)
+    assert json.loads(Path(adopted).read_text()) == {"iteration": 4, "best_metric": 0.8}
+
+
 def test_fine_tune_cancel_then_resume(scene, logic, monkeypatch) -> None:
     monkeypatch.setenv("FAKE_DKUXNET_SLEEP", "0.2")
     pair, _ = make_pair(scene, "L1", 1)
