@@ -187,11 +187,23 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # parameter node <-> GUI
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
-        params = Parameters(self._parameterNode)
+        params = self._parameters()
         if params.input_volume is None:
             firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if firstVolume is not None:
                 params.input_volume = firstVolume
+
+    def _parameters(self):
+        """The parameter node's typed view, fetched again when the scene was closed meanwhile.
+
+        onSceneStartClose drops the node and onSceneEndClose fetches the new scene's only when
+        the module is shown; the timer polls jobs while it is hidden too, and a job that ends
+        then (a fine-tune to adopt) must still find the parameter node.
+        """
+        node = self._parameterNode
+        if node is None or node.GetScene() is None:
+            node = self.logic.getParameterNode()
+        return Parameters(node)
 
     def setParameterNode(self, inputParameterNode):
         self._observeParameterNode(False)
@@ -286,7 +298,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 table.setItem(row, column, qt.QTableWidgetItem(text))
 
     def _updateButtons(self):
-        params = Parameters(self._parameterNode)
+        params = self._parameters()
         segmenting = _running(self._segmentTask)
         training = _running(self._fineTuneTask)
         self.ui.segmentButton.enabled = params.input_volume is not None and not segmenting
@@ -311,17 +323,17 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 "Choose a volume, a segmentation and its left-atrium segment."
             )
             return
-        params = Parameters(self._parameterNode)
+        params = self._parameters()
         params.labeled_pairs = [*params.labeled_pairs, LabeledPair(volume, segmentation, segmentId)]
 
     def onRemovePair(self):
         rows = {index.row() for index in self.ui.pairsTableWidget.selectedIndexes()}
-        params = Parameters(self._parameterNode)
+        params = self._parameters()
         params.labeled_pairs = [p for i, p in enumerate(params.labeled_pairs) if i not in rows]
 
     def onAddUnlabeled(self):
         volume = self.ui.unlabeledVolumeSelector.currentNode()
-        params = Parameters(self._parameterNode)
+        params = self._parameters()
         if volume is not None and volume not in params.unlabeled_volumes:
             params.unlabeled_volumes = [*params.unlabeled_volumes, volume]
 
@@ -330,7 +342,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.unlabeledListWidget.row(item)
             for item in self.ui.unlabeledListWidget.selectedItems()
         }
-        params = Parameters(self._parameterNode)
+        params = self._parameters()
         params.unlabeled_volumes = [
             v for i, v in enumerate(params.unlabeled_volumes) if i not in rows
         ]
@@ -359,7 +371,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSegment(self):
         if not self.logic.ensureDependencies():
             return
-        params = Parameters(self._parameterNode)
+        params = self._parameters()
 
         def start():
             model = resolve_model(params.model_source, params.model_path)
@@ -387,7 +399,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSuggestNext(self):
         if not self.logic.ensureDependencies():
             return
-        params = Parameters(self._parameterNode)
+        params = self._parameters()
 
         def start():
             model = resolve_model(params.model_source, params.model_path)
@@ -426,7 +438,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onEstimateTime(self):
         if not self.logic.ensureDependencies():
             return
-        params = Parameters(self._parameterNode)
+        params = self._parameters()
 
         def start():
             initModel, device = fine_tune_model_and_device(params)
@@ -443,12 +455,12 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """The expected Fine-tune time for the current choices, from the last measurement."""
         if _running(self._estimateTask):
             return  # the label says "measuring…" until it ends
-        self.ui.estimateTimeLabel.text = self.logic.estimateText(Parameters(self._parameterNode))
+        self.ui.estimateTimeLabel.text = self.logic.estimateText(self._parameters())
 
     def onFineTuneStart(self):
         if not self.logic.ensureDependencies():
             return
-        params = Parameters(self._parameterNode)
+        params = self._parameters()
 
         def start():
             initModel, device = fine_tune_model_and_device(params)
@@ -461,7 +473,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onFineTuneResume(self):
         if not self.logic.ensureDependencies():
             return
-        params = Parameters(self._parameterNode)
+        params = self._parameters()
         plots = self._fineTuneTask.plots if self._fineTuneTask is not None else None
 
         def start():
@@ -475,7 +487,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._fineTuneTask = task
         if _running(self._estimateTask):  # it would slow training down and measure nothing useful
             self._estimateTask.cancel()
-        Parameters(self._parameterNode).fine_tune_folder = str(task.job.folder)
+        self._parameters().fine_tune_folder = str(task.job.folder)
         self.ui.fineTuneProgressBar.value = 0
         self.showPlot()
         self.timer.start()
@@ -511,7 +523,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if _running(fineTuneTask):
             self._pollTask(fineTuneTask, self.ui.fineTuneProgressBar, self.ui.fineTuneStatusLabel)
             if fineTuneTask.state is JobState.COMPLETED:
-                self.logic.adoptModel(fineTuneTask, Parameters(self._parameterNode))
+                self.logic.adoptModel(fineTuneTask, self._parameters())
                 slicer.util.infoDisplay(
                     f"Fine-tuning finished. Segment now uses:\n{fineTuneTask.model_path}"
                 )

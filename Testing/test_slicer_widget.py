@@ -1,0 +1,135 @@
+"""The Slicer panel's own code (``DKUXNetSegment.py``) on slicer-core, without Qt.
+
+``qt``, ``ctk`` and ``slicer.ScriptedLoadableModule`` exist only inside the Slicer application.
+Here they are stand-ins: the panel's widgets accept any attribute and call (nothing is drawn),
+and the module logic's ``getParameterNode`` does what Slicer's does (the scene's singleton
+``vtkMRMLScriptedModuleNode`` of the module, created when missing). What is tested is the
+panel's state: which parameter node it uses, what it does when a job ends.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("slicer", reason="slicer-core is not installed")
+logic_module = pytest.importorskip("DKUXNetSegmentLib.logic")
+bridge = pytest.importorskip("DKUXNetSegmentLib.slicer_bridge")
+
+from test_slicer_logic import fake_factory, make_pair  # noqa: E402
+
+SCRIPT = Path(__file__).resolve().parent.parent / "DKUXNetSegment" / "DKUXNetSegment.py"
+MODULE_NAME = "DKUXNetSegment"
+TIMEOUT = 60
+
+
+class Anything:
+    """A stand-in widget: every attribute exists, every call works, assignments are kept."""
+
+    def __getattr__(self, name: str) -> Anything:
+        value = Anything()
+        object.__setattr__(self, name, value)
+        return value
+
+    def __call__(self, *args: object, **kwargs: object) -> Anything:
+        return Anything()
+
+
+def singleton_parameter_node(scene, module_name: str = MODULE_NAME):
+    """What ``ScriptedLoadableModuleLogic.getParameterNode`` returns (Slicer 5.10)."""
+    node = scene.GetSingletonNode(module_name, "vtkMRMLScriptedModuleNode")
+    if node is None:
+        import slicer
+
+        node = slicer.vtkMRMLScriptedModuleNode()
+        node.SetName(scene.GenerateUniqueName(module_name))
+        node.SetAttribute("ModuleName", module_name)
+        node.SetSingletonTag(module_name)
+        node = scene.AddNode(node)
+    return node
+
+
+@pytest.fixture()
+def panel_module(scene, monkeypatch):
+    """``DKUXNetSegment.py`` imported over stand-ins for qt, ctk and ScriptedLoadableModule."""
+    import slicer
+
+    class ModuleLogic:
+        def getParameterNode(self):
+            return singleton_parameter_node(slicer.mrmlScene)
+
+    stubs = types.ModuleType("slicer.ScriptedLoadableModule")
+    stubs.ScriptedLoadableModule = type("ScriptedLoadableModule", (), {})  # type: ignore[attr-defined]
+    stubs.ScriptedLoadableModuleWidget = type(  # type: ignore[attr-defined]
+        "ScriptedLoadableModuleWidget", (), {"__init__": lambda self, parent=None: None}
+    )
+    stubs.ScriptedLoadableModuleLogic = ModuleLogic  # type: ignore[attr-defined]
+    stubs.ScriptedLoadableModuleTest = type("ScriptedLoadableModuleTest", (), {})  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", stubs)
+    monkeypatch.setitem(sys.modules, "qt", Anything())
+    monkeypatch.setitem(sys.modules, "ctk", Anything())
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    monkeypatch.setattr(slicer, "modules", Anything(), raising=False)  # e.g. the plots module
+    shown: list[str] = []
+    for name in ("infoDisplay", "warningDisplay", "errorDisplay"):
+        monkeypatch.setattr(
+            slicer.util, name, lambda text, *a, **k: shown.append(str(text)), raising=False
+        )
+    spec = importlib.util.spec_from_file_location("DKUXNetSegment_under_test", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.shown = shown  # type: ignore[attr-defined]
+    return module
+
+
+def make_panel(module, scene, tmp_path):
+    """The widget after setup(), with stand-in widgets and the real logic (fake child)."""
+    widget = module.DKUXNetSegmentWidget()
+    widget.ui = Anything()
+    widget.timer = Anything()
+    widget.parent = types.SimpleNamespace(isEntered=False)
+    logic = module.DKUXNetSegmentLogic.__new__(module.DKUXNetSegmentLogic)
+    logic.logic = logic_module.DKUXNetLogic(
+        scene, jobs_dir=tmp_path / "jobs", command_factory=fake_factory
+    )
+    logic.dependenciesChecked = True
+    widget.logic = logic
+    widget.initializeParameterNode()
+    return widget
+
+
+def test_fine_tune_ending_after_the_scene_closed_while_hidden_is_adopted(
+    panel_module, scene, tmp_path, monkeypatch
+) -> None:
+    """Start a fine-tune, hide the panel, close the scene, the job ends: the timer adopts it.
+
+    The panel's parameter node was None after the close (the module was not entered again),
+    so each timer tick raised AttributeError and the new model was never used by Segment.
+    """
+    monkeypatch.setenv("FAKE_DKUXNET_SLEEP", "0.05")
+    widget = make_panel(panel_module, scene, tmp_path)
+    pair, _ = make_pair(scene, "L1", 1)
+    task = widget.logic.fineTune([pair], [], 6)
+    widget._startedFineTune(task)
+    widget.exit()  # the user switches to another module: the timer keeps polling
+    widget.onSceneStartClose(scene, None)
+    scene.Clear(0)
+    widget.onSceneEndClose(scene, None)  # not entered: the panel does not fetch a new node
+    assert widget._parameterNode is None
+
+    deadline = time.monotonic() + TIMEOUT
+    while not task.state.is_final and time.monotonic() < deadline:
+        widget.onTimer()
+        time.sleep(0.05)
+    assert task.state is logic_module.JobState.COMPLETED, task.error
+    params = logic_module.Parameters(singleton_parameter_node(scene))
+    assert params.model_source == "run"
+    assert Path(params.model_path) == task.run_dir
+    assert any(text.startswith("Fine-tuning finished") for text in panel_module.shown)
+    widget.onTimer()  # a tick after the end is quiet too
