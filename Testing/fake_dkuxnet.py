@@ -3,10 +3,10 @@
 It speaks the same command line and event protocol as the real commands but needs no model:
 ``predict`` thresholds the image at its mean, ``train`` pretends to train for a few iterations
 (a short sleep each), writes ``best.pt``/``last.pt`` and, like the real trainer, stops after the
-current iteration on SIGTERM or when ``RUN/stop.request`` exists (a stale one is removed at the
-start). ``FAKE_DKUXNET_FAIL=1`` in the environment makes either command fail after its first
-event; ``FAKE_DKUXNET_IGNORE_SIGTERM=1`` makes ``train`` deaf to SIGTERM, as a Windows child of
-Slicer is to console control events.
+current iteration on SIGTERM or when ``RUN/stop.request`` exists (one left by an earlier run
+is removed at the start, one written for this run is kept). ``FAKE_DKUXNET_FAIL=1`` in the
+environment makes either command fail after its first event; ``FAKE_DKUXNET_IGNORE_SIGTERM=1``
+makes ``train`` deaf to SIGTERM, as a Windows child of Slicer is to console control events.
 
 ``FAKE_DKUXNET_DICE=0.5,0.8,0.6`` scripts the validation Dice of ``train`` (one value per
 validation, every second iteration; the last one repeats; by default it rises every time). As
@@ -28,6 +28,7 @@ import numpy as np
 
 from dkuxnet.events import EventWriter
 from dkuxnet.io import read_volume, write_volume
+from dkuxnet.jobs import clear_stale_stop_request
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -60,7 +61,7 @@ def train(args: argparse.Namespace) -> int:
         read_volume(Path(args.data).parent / item["label"])
     stop: list[int] = []
     stop_file = run / "stop.request"
-    stop_file.unlink(missing_ok=True)
+    clear_stale_stop_request(stop_file)  # as the real trainer: a Cancel for this run stays
     if os.environ.get("FAKE_DKUXNET_IGNORE_SIGTERM"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     else:
