@@ -106,7 +106,11 @@ emit("finished", status="completed", error=None)
     assert "all done" in job.log_tail(5)
     record = json.loads((job.folder / JOB_FILE).read_text())
     assert record["kind"] == "test" and record["command"][0] == sys.executable
-    assert job.elapsed_s > 0 and job.elapsed_s == job.elapsed_s  # frozen after the end
+    assert job.started_at is not None and job.ended_at is not None
+    elapsed = job.elapsed_s
+    assert elapsed == job.ended_at - job.started_at > 0
+    time.sleep(0.05)
+    assert job.elapsed_s == elapsed  # frozen after the end
 
 
 def test_half_written_line_is_held_back(tmp_path: Path) -> None:
@@ -171,11 +175,9 @@ emit("finished", status="cancelled", error=None)
     )
     job.start()
     assert wait_for(lambda: any(e["event"] == "started" for e in job.poll() + job.events))
-    t0 = time.monotonic()
-    job.cancel(grace_s=10)
-    assert time.monotonic() - t0 < 5  # it did not need the kill
+    job.cancel(grace_s=60)
     assert job.state is JobState.CANCELLED
-    assert job.returncode == 0
+    assert job.returncode == 0  # it exited by itself: a kill would make it -9
     assert [e["event"] for e in job.events][-2:] == ["checkpoint", "finished"]
 
 
@@ -200,7 +202,7 @@ time.sleep(600)
     assert pid_alive(grandchild)
     t0 = time.monotonic()
     job.cancel(grace_s=0.5)
-    assert time.monotonic() - t0 < 8
+    assert time.monotonic() - t0 < 60  # the kill came after the grace, not never
     assert job.state is JobState.CANCELLED
     assert job.returncode is not None and job.returncode < 0
     assert wait_for(lambda: not pid_alive(grandchild), timeout=5)
@@ -216,11 +218,12 @@ def test_cancel_without_waiting_escalates_in_poll(tmp_path: Path) -> None:
     )
     job.start()
     assert wait_for(lambda: (job.folder / "ready").exists())
-    t0 = time.monotonic()
     job.cancel(grace_s=0.3, wait=False)
-    assert time.monotonic() - t0 < 0.2
-    assert job.state is JobState.RUNNING
-    assert job.wait(timeout=10) is JobState.CANCELLED
+    # it returned without waiting for the kill: the child (deaf to SIGTERM) is still there
+    # until a poll after the grace period sends it, however slowly this machine runs
+    assert job.state is JobState.RUNNING and pid_alive(job.pid)
+    assert job.wait(timeout=60) is JobState.CANCELLED
+    assert not pid_alive(job.pid)
 
 
 @POSIX_ONLY
@@ -324,9 +327,8 @@ emit("finished", status="cancelled", error=None)
     )
     job.start()
     assert wait_for(lambda: any(e["event"] == "started" for e in job.poll() + job.events))
-    t0 = time.monotonic()
-    job.cancel(grace_s=20)
-    assert time.monotonic() - t0 < 10  # it did not need the kill
+    job.cancel(grace_s=60)
+    # it exited by itself (returncode 0): a kill after the grace would make it -9
     assert job.state is JobState.CANCELLED and job.returncode == 0
     assert (job.folder / "run" / STOP_REQUEST_FILE).is_file()
 
