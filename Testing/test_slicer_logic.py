@@ -237,11 +237,11 @@ def test_segment_cancel(scene, logic, monkeypatch) -> None:
     monkeypatch.setenv("FAKE_DKUXNET_SLEEP", "5")
     node, _ = make_volume(scene)
     task = logic.start_segment(node, model="fake.pt")
-    t0 = time.monotonic()
     task.cancel(grace_s=2)
     assert task.status == "cancelling"
     assert task.wait(TIMEOUT) is JobState.CANCELLED
-    assert time.monotonic() - t0 < 10
+    # stopped before the fake's 4 x 5 s of windows were done (not by a wall-clock limit)
+    assert not any(e["event"] == "output" for e in task.job.events)
     assert task.result is None
     assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
 
@@ -370,11 +370,10 @@ def test_fine_tune_cancel_needs_no_signal(scene, logic, monkeypatch) -> None:
     while task.iteration < 2 and time.monotonic() < deadline:
         task.poll()
         time.sleep(0.02)
-    t0 = time.monotonic()
     task.cancel(grace_s=30)
     assert task.wait(TIMEOUT) is JobState.CANCELLED
-    assert time.monotonic() - t0 < 10  # stopped by the file, not killed after 30 s
     assert (task.run_dir / "stop.request").is_file()
+    # stopped by the file: a kill after the 30 s grace would leave a negative returncode
     assert task.job.returncode == 0 and (task.run_dir / "last.pt").is_file()
 
     # Resume: the trainer removes the old request when it starts, and runs to the end
