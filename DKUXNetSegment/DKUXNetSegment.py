@@ -44,10 +44,12 @@ if SUPPORTED:  # on an older Slicer the panel shows unsupported_reason() instead
         DKUXNetLogic,
         LabeledPair,
         Parameters,
+        default_input_volume,
         fine_tune_model_and_device,
         format_duration,
         missing_packages,
         resolve_model,
+        volume_selector_hidden_ids,
     )
 
 POLL_INTERVAL_MS = 500
@@ -120,6 +122,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
 
         # GUI -> parameter node
         for selector in (
@@ -177,6 +180,20 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # The timer keeps polling the jobs while the module is hidden; only the GUI rests.
         self._observeParameterNode(False)
 
+    def onNodeAdded(self, caller, event):
+        # after the event: a new uncertainty map gets its attribute just after it is added
+        qt.QTimer.singleShot(0, self.hideModuleMapsFromSelectors)
+
+    def hideModuleMapsFromSelectors(self):
+        """The uncertainty maps are scalar volumes, but no image to segment or train on."""
+        hidden = volume_selector_hidden_ids(slicer.mrmlScene)
+        for selector in (
+            self.ui.inputVolumeSelector,
+            self.ui.pairVolumeSelector,
+            self.ui.unlabeledVolumeSelector,
+        ):
+            selector.sortFilterProxyModel().hiddenNodeIDs = hidden
+
     def onSceneStartClose(self, caller, event):
         self.setParameterNode(None)
 
@@ -188,8 +205,9 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
         params = self._parameters()
+        self.hideModuleMapsFromSelectors()
         if params.input_volume is None:
-            firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            firstVolume = default_input_volume(slicer.mrmlScene)  # no label or uncertainty map
             if firstVolume is not None:
                 params.input_volume = firstVolume
 

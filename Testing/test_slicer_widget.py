@@ -133,3 +133,77 @@ def test_fine_tune_ending_after_the_scene_closed_while_hidden_is_adopted(
     assert Path(params.model_path) == task.run_dir
     assert any(text.startswith("Fine-tuning finished") for text in panel_module.shown)
     widget.onTimer()  # a tick after the end is quiet too
+
+
+# ------------------------------------------------------------------ volume selectors
+VOLUME_SELECTORS = ("inputVolumeSelector", "pairVolumeSelector", "unlabeledVolumeSelector")
+
+
+def scene_with_helper_volumes(scene):
+    """A label map and an uncertainty map made by the module, added before the scan."""
+    import numpy as np
+
+    from dkuxnet.io import Volume
+
+    grid = Volume(np.zeros((4, 5, 6), np.float32), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+    label = bridge.add_volume_node(
+        scene, grid.with_array(np.ones((4, 5, 6), np.uint8)), "label", "vtkMRMLLabelMapVolumeNode"
+    )
+    hidden = bridge.add_volume_node(scene, grid, "helper")
+    hidden.SetHideFromEditors(True)
+    scan = bridge.add_volume_node(scene, grid.with_array(np.arange(120.0).reshape(4, 5, 6)), "CT")
+    uncertainty = logic_module.show_uncertainty_map(grid, scan, "entropy")
+    scene.RemoveNode(scan)  # the map outlives its scan; a second scan comes after it
+    scan = bridge.add_volume_node(scene, grid, "MR")
+    return label, uncertainty, scan
+
+
+def test_no_label_or_uncertainty_map_is_taken_for_an_image(scene) -> None:
+    label, uncertainty, scan = scene_with_helper_volumes(scene)
+    assert scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode") is label  # what the panel took
+    assert logic_module.default_input_volume(scene) is scan
+    assert logic_module.segmentable_volumes(scene) == [scan]
+    assert logic_module.volume_selector_hidden_ids(scene) == [uncertainty.GetID()]
+    assert logic_module.default_input_volume(scene.__class__()) is None
+
+
+def test_panel_starts_on_the_scan_and_its_selectors_hide_the_maps(
+    panel_module, scene, tmp_path
+) -> None:
+    _, uncertainty, scan = scene_with_helper_volumes(scene)
+    widget = make_panel(panel_module, scene, tmp_path)
+    assert widget._parameters().input_volume is scan
+    hidden: dict[str, list[str]] = {}  # what the panel sets on each selector's proxy model
+
+    class Selector:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def sortFilterProxyModel(self):
+            selector = self
+
+            class Proxy:
+                def __setattr__(self, key: str, value: list[str]) -> None:
+                    assert key == "hiddenNodeIDs"
+                    hidden[selector.name] = list(value)
+
+            return Proxy()
+
+    for name in VOLUME_SELECTORS:
+        setattr(widget.ui, name, Selector(name))
+    widget.hideModuleMapsFromSelectors()
+    assert hidden == {name: [uncertainty.GetID()] for name in VOLUME_SELECTORS}
+
+
+def test_volume_selectors_list_no_label_maps() -> None:
+    """``showChildNodeTypes`` false: vtkMRMLLabelMapVolumeNode, a subclass, is not listed."""
+    import xml.etree.ElementTree as ET
+
+    ui = ET.parse(SCRIPT.parent / "Resources" / "UI" / "DKUXNetSegment.ui")
+    for name in VOLUME_SELECTORS:
+        widget = ui.find(f".//widget[@name='{name}']")
+        assert widget is not None, name
+        types_ = [s.text for s in widget.findall("./property[@name='nodeTypes']/stringlist/string")]
+        assert types_ == ["vtkMRMLScalarVolumeNode"], name
+        show_children = widget.find("./property[@name='showChildNodeTypes']/bool")
+        assert show_children is not None and show_children.text == "false", name

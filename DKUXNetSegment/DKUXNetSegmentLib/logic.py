@@ -247,6 +247,44 @@ def hide_uncertainty_maps(scene: slicer.vtkMRMLScene) -> int:
     return slicer_bridge.remove_from_foreground(scene, maps) if maps else 0
 
 
+def is_uncertainty_map(node: slicer.vtkMRMLNode) -> bool:
+    """Whether ``node`` is an uncertainty map this module made (not an image to segment)."""
+    return node.GetAttribute(UNCERTAINTY_MEASURE_ATTRIBUTE) is not None
+
+
+def segmentable_volumes(scene: slicer.vtkMRMLScene) -> list[slicer.vtkMRMLScalarVolumeNode]:
+    """The scene's images, in scene order: what the panel's volume selectors offer.
+
+    Scalar volumes of exactly that class (the selectors' ``showChildNodeTypes`` is false, so
+    no label maps), not hidden from editors, and not an uncertainty map of this module.
+    """
+    nodes = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+    found = (nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems()))
+    return [
+        node
+        for node in found
+        if node.GetClassName() == "vtkMRMLScalarVolumeNode"
+        and not node.GetHideFromEditors()
+        and not is_uncertainty_map(node)
+    ]
+
+
+def default_input_volume(scene: slicer.vtkMRMLScene) -> slicer.vtkMRMLScalarVolumeNode | None:
+    """The volume Segment starts with: the scene's first image (:func:`segmentable_volumes`),
+    never a label map or an uncertainty map; ``None`` when there is none."""
+    volumes = segmentable_volumes(scene)
+    return volumes[0] if volumes else None
+
+
+def volume_selector_hidden_ids(scene: slicer.vtkMRMLScene) -> list[str]:
+    """Node IDs the panel's volume selectors hide (their ``hiddenNodeIDs``): the uncertainty
+    maps, which are scalar volumes too. A selector's attribute filter can only require an
+    attribute, not exclude one."""
+    return slicer_bridge.node_ids_with_attribute(
+        scene, "vtkMRMLScalarVolumeNode", UNCERTAINTY_MEASURE_ATTRIBUTE
+    )
+
+
 def _new_job_folder(parent: Path, prefix: str) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
