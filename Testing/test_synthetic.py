@@ -20,7 +20,9 @@ SMALL = (24, 48, 48)
 def test_phantom_arrays_and_geometry():
     start = time.perf_counter()
     image, label = make_phantom(seed=1)
-    assert time.perf_counter() - start < 2.0
+    # a regression to a slow phantom (minutes), not a benchmark: a busy 2-core CI machine
+    # takes several times the ~0.3 s this needs alone
+    assert time.perf_counter() - start < 30.0
     assert image.array.shape == label.array.shape == (48, 96, 96)
     assert image.array.dtype == np.float32 and label.array.dtype == np.uint8
     assert set(np.unique(label.array).tolist()) == {0, 1}
