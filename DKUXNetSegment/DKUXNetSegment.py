@@ -206,6 +206,9 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(self.logic.getParameterNode())
         params = self._parameters()
         self.hideModuleMapsFromSelectors()
+        legacyMessage = params.convert_legacy_pairs()  # a scene saved by an earlier version
+        if legacyMessage:
+            slicer.util.warningDisplay(legacyMessage, windowTitle="DKUXNet Segment")
         if params.input_volume is None:
             firstVolume = default_input_volume(slicer.mrmlScene)  # no label or uncertainty map
             if firstVolume is not None:

@@ -179,6 +179,72 @@ def test_pairs_survive_saving_and_reloading_the_scene(scene, slicer_module) -> N
     other.Clear(1)
 
 
+def save_in_the_legacy_format(node, pairs) -> None:
+    """What the earlier version wrote: three parallel lists (two n-th reference roles and a
+    JSON list of segment IDs)."""
+    for i, pair in enumerate(pairs):
+        node.SetNthNodeReferenceID("LabeledVolume", i, pair.volume.GetID())
+        node.SetNthNodeReferenceID("LabeledSegmentation", i, pair.segmentation.GetID())
+    node.SetParameter("LabeledSegmentIds", json.dumps([p.segment_id for p in pairs]))
+
+
+def reloaded(scene, slicer_module, name: str):
+    """The parameter node ``name`` after saving ``scene`` and loading it into a new scene whose
+    node IDs are taken (so the loaded references are renamed)."""
+    scene.SetSaveToXMLString(1)
+    scene.Commit()
+    other = slicer_module.vtkMRMLScene()
+    for i in range(3):
+        other.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"already here {i}")
+        other.AddNewNodeByClass("vtkMRMLSegmentationNode", f"already here {i}")
+    other.SetLoadFromXMLString(1)
+    other.SetSceneXMLString(scene.GetSceneXMLString())
+    other.Import()
+    return other, other.GetFirstNodeByName(name)
+
+
+def test_pairs_saved_in_the_earlier_three_list_format_are_read(scene, slicer_module) -> None:
+    node = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "DKUXNet parameters")
+    pairs = [make_pair(scene, f"L{i}", i)[0] for i in range(3)]
+    logic_module.Parameters(node).labeled_pairs = pairs[:1]  # one in the current format too
+    save_in_the_legacy_format(node, pairs[1:])
+    other, loaded_node = reloaded(scene, slicer_module, "DKUXNet parameters")
+    loaded = logic_module.Parameters(loaded_node)
+    assert [p.volume.GetName() for p in loaded.labeled_pairs] == ["L0"]  # before converting
+
+    assert loaded.convert_legacy_pairs() is None
+    got = [
+        (p.volume.GetName(), p.segmentation.GetName(), p.segment_id) for p in loaded.labeled_pairs
+    ]
+    want = [(p.volume.GetName(), p.segmentation.GetName(), p.segment_id) for p in pairs]
+    assert got == want
+    assert loaded_node.GetNumberOfNodeReferences("LabeledVolume") == 0
+    assert loaded_node.GetNumberOfNodeReferences("LabeledSegmentation") == 0
+    assert loaded_node.GetParameter("LabeledSegmentIds") == ""
+    assert loaded.convert_legacy_pairs() is None  # nothing left to read
+    assert len(loaded.labeled_pairs) == 3
+    other.Clear(1)
+
+
+def test_legacy_pairs_shifted_by_a_deleted_node_are_refused_clearly(scene, slicer_module) -> None:
+    """The earlier format's bug: deleting a volume shifted its list against the others."""
+    node = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "DKUXNet parameters")
+    pairs = [make_pair(scene, f"L{i}", i)[0] for i in range(3)]
+    save_in_the_legacy_format(node, pairs)
+    scene.RemoveNode(pairs[1].volume)  # MRML drops the reference: the volume list shifts
+    assert node.GetNumberOfNodeReferences("LabeledVolume") == 2
+    other, loaded_node = reloaded(scene, slicer_module, "DKUXNet parameters")
+    loaded = logic_module.Parameters(loaded_node)
+    message = loaded.convert_legacy_pairs()
+    assert message is not None
+    assert "cannot be paired up (2 volumes, 3 segmentations, 3 segment IDs" in message
+    assert "add the labeled volumes again" in message
+    assert loaded.labeled_pairs == []
+    assert loaded_node.GetParameter("LabeledSegmentIds") == ""
+    assert loaded.convert_legacy_pairs() is None
+    other.Clear(1)
+
+
 # ------------------------------------------------------------------ Segment
 def test_segment_creates_new_segmentation_on_the_volume_grid(scene, logic) -> None:
     node, expected = make_volume(scene, "Patient 3")

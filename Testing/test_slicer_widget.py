@@ -207,3 +207,21 @@ def test_volume_selectors_list_no_label_maps() -> None:
         assert types_ == ["vtkMRMLScalarVolumeNode"], name
         show_children = widget.find("./property[@name='showChildNodeTypes']/bool")
         assert show_children is not None and show_children.text == "false", name
+
+
+def test_panel_reads_legacy_pairs_and_says_when_it_cannot(panel_module, scene, tmp_path) -> None:
+    from test_slicer_logic import save_in_the_legacy_format
+
+    pairs = [make_pair(scene, f"L{i}", i)[0] for i in range(2)]
+    save_in_the_legacy_format(singleton_parameter_node(scene), pairs)
+    widget = make_panel(panel_module, scene, tmp_path)
+    assert [p.volume.GetName() for p in widget._parameters().labeled_pairs] == ["L0", "L1"]
+    assert panel_module.shown == []
+
+    scene.Clear(0)
+    pairs = [make_pair(scene, f"M{i}", i)[0] for i in range(2)]
+    save_in_the_legacy_format(singleton_parameter_node(scene), pairs[:1])  # lists of 1, 1 ...
+    singleton_parameter_node(scene).SetParameter("LabeledSegmentIds", '["a", "b"]')  # ... and 2
+    widget.initializeParameterNode()
+    assert widget._parameters().labeled_pairs == []
+    assert len(panel_module.shown) == 1 and "cannot be paired up" in panel_module.shown[0]

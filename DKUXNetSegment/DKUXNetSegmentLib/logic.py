@@ -443,6 +443,65 @@ class Parameters:
         self._set("LabeledPairCount", len(pairs))
         self.node.EndModify(was_modifying)
 
+    def convert_legacy_pairs(self) -> str | None:
+        """Read pairs saved by an earlier version (three parallel lists) into the per-pair form.
+
+        That version kept the volumes and the segmentations as n-th references of the roles
+        :data:`LEGACY_PAIR_ROLES` and the segment IDs as a JSON list in
+        :data:`LEGACY_SEGMENT_IDS`. Lists of one length pair up as they were saved and are
+        added to the current pairs; lists of different lengths were shifted by a node deleted
+        before saving, so no pairing can be trusted: they are dropped, and the message says so.
+        The old keys are removed either way.
+
+        Returns:
+            ``None`` when there was nothing to read or all of it was read; else the message to
+            show the user.
+        """
+        node = self.node
+        volumes, segmentations = (_nth_references(node, role) for role in LEGACY_PAIR_ROLES)
+        text = node.GetParameter(LEGACY_SEGMENT_IDS)
+        if not volumes and not segmentations and not text:
+            return None
+        try:
+            segment_ids = json.loads(text) if text else []
+        except ValueError:
+            segment_ids = None
+        was_modifying = node.StartModify()
+        for role in LEGACY_PAIR_ROLES:
+            node.RemoveNodeReferenceIDs(role)
+        node.UnsetParameter(LEGACY_SEGMENT_IDS)
+        node.EndModify(was_modifying)
+        if (
+            not isinstance(segment_ids, list)
+            or not all(isinstance(i, str) for i in segment_ids)
+            or not len(volumes) == len(segmentations) == len(segment_ids)
+        ):
+            count = len(segment_ids) if isinstance(segment_ids, list) else "unreadable"
+            message = (
+                "The fine-tuning examples saved in this scene by an earlier version of DKUXNet "
+                f"Segment cannot be paired up ({len(volumes)} volumes, {len(segmentations)} "
+                f"segmentations, {count} segment IDs: a node deleted before saving shifted "
+                "the lists). They were left out; add the labeled volumes again under Fine-tune."
+            )
+            log.warning("%s", message)
+            return message
+        found = [
+            LabeledPair(volume, segmentation, segment_id)
+            for volume, segmentation, segment_id in zip(
+                volumes, segmentations, segment_ids, strict=True
+            )
+            if volume is not None and segmentation is not None and segment_id
+        ]
+        self.labeled_pairs = [*self.labeled_pairs, *found]
+        log.info("read %d fine-tuning pair(s) saved in the earlier format", len(found))
+        if len(found) < len(volumes):
+            return (
+                f"{len(volumes) - len(found)} of the {len(volumes)} fine-tuning examples saved "
+                "in this scene by an earlier version name a node the scene no longer has; "
+                "they were left out."
+            )
+        return None
+
     @property
     def unlabeled_volumes(self) -> list[slicer.vtkMRMLScalarVolumeNode]:
         return [n for n in _nth_references(self.node, "UnlabeledVolume") if n is not None]
@@ -450,6 +509,12 @@ class Parameters:
     @unlabeled_volumes.setter
     def unlabeled_volumes(self, nodes: Sequence[slicer.vtkMRMLNode]) -> None:
         _set_nth_references(self.node, "UnlabeledVolume", list(nodes))
+
+
+#: The earlier pair format (before each pair had its own roles): n-th references of these
+#: roles and a JSON list of segment IDs (:meth:`Parameters.convert_legacy_pairs`).
+LEGACY_PAIR_ROLES = ("LabeledVolume", "LabeledSegmentation")
+LEGACY_SEGMENT_IDS = "LabeledSegmentIds"
 
 
 def _pair_role(index: int, part: str) -> str:
