@@ -28,8 +28,9 @@ field, an expanding contrast response, Rician noise). Labels follow the image on
 Arms (``--arms``; ``NAME@N`` runs NAME with N iterations instead of ``--iterations``):
 ``bundled`` (no fine-tune), ``supervised`` (the labeled scans only), ``two-nets`` (two
 networks, no consistency), ``dual`` (the paper's method: both consistency losses), ``pseudo``
-(the start model labels the unlabeled scans once, whole, with flip TTA; one network learns from
-labeled + pseudo-labeled patches, a strong view of the latter), ``pseudo-weak``, ``pseudo-notta``.
+(the start model labels the unlabeled scans once, whole; one network learns from labeled +
+pseudo-labeled patches, a strong view of the latter), ``pseudo-weak`` (the patches as sampled),
+``pseudo-tta`` (the labels with flip test-time augmentation).
 Every finished arm's scores and wall-clock time (the panel's elapsed time, pseudo-labelling and
 validation included) go to ``OUT/results.json``; ``OUT/table.md`` is rewritten after each arm.
 A run killed mid-arm resumes that arm's run on the next start (the panel's Resume).
@@ -68,7 +69,7 @@ ARMS: dict[str, tuple[str, ...]] = {
     "dual": ("training.mode=dual",),
     "pseudo": ("training.mode=pseudo",),
     "pseudo-weak": ("training.mode=pseudo", "training.pseudo_view=weak"),
-    "pseudo-notta": ("training.mode=pseudo", "training.pseudo_tta=false"),
+    "pseudo-tta": ("training.mode=pseudo", "training.pseudo_tta=true"),
 }
 SCANNERS = ("thick-slices", "low-res", "bias-oblique")
 LABELED, UNLABELED, HELD_OUT = 4, 16, 8
