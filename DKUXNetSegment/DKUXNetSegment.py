@@ -46,7 +46,7 @@ if SUPPORTED:  # on an older Slicer the panel shows unsupported_reason() instead
         Parameters,
         default_input_volume,
         fine_tune_model_and_device,
-        format_duration,
+        format_clock,
         missing_packages,
         resolve_model,
         volume_selector_hidden_ids,
@@ -577,9 +577,9 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         task.poll()
         if task.progress is not None:
             progressBar.value = int(round(100 * task.progress))
-        text = f"{task.status} — elapsed {format_duration(task.elapsed_s)}"
+        text = f"{task.status} — elapsed {format_clock(task.elapsed_s)}"
         if task.eta_s and not task.state.is_final:
-            text += f", about {format_duration(task.eta_s)} left"
+            text += f", about {format_clock(task.eta_s)} left"
         statusLabel.text = text
         if task.state is JobState.FAILED:
             slicer.util.errorDisplay("The background job failed.", detailedText=task.error or "")

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from dkuxnet.data import Case, DatasetSplit, TwoStreamSampler, load_dataset, normalize_image
+from dkuxnet.data import Case, DatasetSplit, TwoStreamSampler, load_dataset
 from dkuxnet.errors import InputError
 from dkuxnet.io import Volume, write_volume
+from dkuxnet.preprocessing import normalize_image
 
 SHAPE = (12, 20, 22)  # (z, y, x)
 

@@ -13,7 +13,7 @@ from dkuxnet.losses import (
     query_distribution_consistency,
     segmentation_consistency,
 )
-from dkuxnet.model.network import ModelOutput
+from dkuxnet.model.output import ModelOutput
 
 SHAPE = (2, 2, 4, 6, 8)  # (B, K, D, H, W)
 

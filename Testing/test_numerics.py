@@ -20,7 +20,7 @@ from dkuxnet.losses import (
     segmentation_consistency,
     supervised_loss,
 )
-from dkuxnet.model.network import ModelOutput
+from dkuxnet.model.output import ModelOutput
 from dkuxnet.training.schedules import lr_factor, sigmoid_rampup
 
 

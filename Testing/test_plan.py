@@ -180,7 +180,7 @@ def test_busy_cpu_note(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_format_duration() -> None:
-    from dkuxnet.commands.estimate import format_duration
+    from dkuxnet.reports import format_duration
 
     assert format_duration(30) == "under a minute"
     assert format_duration(14 * 60 + 10) == "about 14 min"

@@ -19,9 +19,9 @@ from torch import nn
 from dkuxnet.config import DataConfig, InferenceConfig, TrainConfig
 from dkuxnet.errors import CheckpointError, ConfigError, InputError
 from dkuxnet.inference import Predictor, count_windows, keep_largest_component
-from dkuxnet.inference.predictor import resample_onto, resample_to_spacing
 from dkuxnet.io import Volume, read_volume, write_volume
 from dkuxnet.model import build_model
+from dkuxnet.preprocessing import resample_onto, resample_to_spacing
 from dkuxnet.training.checkpoint import FORMAT_VERSION
 
 PATCH = (16, 16, 32)  # the tiny real model needs one side >= 2 x its stride
@@ -344,7 +344,7 @@ def test_weights_that_do_not_fit_their_config(tmp_path: Path) -> None:
 
 
 def test_resampling_helpers_keep_the_physical_box() -> None:
-    from dkuxnet.inference.predictor import resample_onto, resample_to_spacing
+    from dkuxnet.preprocessing import resample_onto, resample_to_spacing
 
     image, _ = oblique_volume((10, 12, 14))
     coarse = resample_to_spacing(image, (1.6, 2.2, 2.5))
@@ -367,7 +367,7 @@ def test_label_from_probabilities_is_argmax() -> None:
 
 # ------------------------------------------------------------------------- foreground crop
 def test_crop_volume_keeps_every_voxel_in_place() -> None:
-    from dkuxnet.inference.predictor import crop_volume, foreground_box
+    from dkuxnet.preprocessing import crop_volume, foreground_box
 
     rng = np.random.default_rng(0)
     array = np.zeros((10, 12, 14), np.float32)

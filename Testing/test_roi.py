@@ -107,7 +107,7 @@ def test_prediction_inside_the_roi_only_on_the_full_grid() -> None:
     # an image-dependent network: the box's values equal a prediction of the cropped volume
     pointwise = Predictor([Pointwise(threshold=0.3)], oracle_config(), "cpu")
     full = pointwise.predict_volume(volume, roi=box)
-    from dkuxnet.inference.predictor import crop_volume
+    from dkuxnet.preprocessing import crop_volume
 
     alone = pointwise.predict_volume(crop_volume(volume, box))
     np.testing.assert_array_equal(full.label.array[box], alone.label.array)

@@ -197,7 +197,7 @@ def test_real_estimate_then_new_iteration_counts_from_the_cache(
     params = fine_tune_params(scene, tiny_checkpoint, "cpu", iterations=500)
     text = logic.estimate_text(params)
     assert text == result.describe(500) and "for 500 iterations" in text
-    assert logic_module.approximate_duration(500 * result.s_per_iteration) in text
+    assert logic_module.format_duration(500 * result.s_per_iteration) in text
     assert list(jobs_dir.iterdir()) == []  # no second job (the first removed its folder)
     assert logic.estimate_text(fine_tune_params(scene, tiny_checkpoint, "auto")) == ""
     assert logic.estimate_text(fine_tune_params(scene, None, "cpu")) == ""

@@ -91,10 +91,10 @@ def test_resolve_model(tmp_path: Path, monkeypatch) -> None:
     assert logic_module.resolve_model("default") == run / "best.pt"
 
 
-def test_format_duration_and_missing_packages() -> None:
-    assert logic_module.format_duration(62) == "1:02"
-    assert logic_module.format_duration(3723) == "1:02:03"
-    assert logic_module.format_duration(None) == "" and logic_module.format_duration(math.inf) == ""
+def test_format_clock_and_missing_packages() -> None:
+    assert logic_module.format_clock(62) == "1:02"
+    assert logic_module.format_clock(3723) == "1:02:03"
+    assert logic_module.format_clock(None) == "" and logic_module.format_clock(math.inf) == ""
     assert logic_module.missing_packages(["numpy", "no_such_package_xyz"]) == [
         "no_such_package_xyz"
     ]

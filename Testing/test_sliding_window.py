@@ -26,7 +26,7 @@ from torch import nn
 
 from dkuxnet.config import DataConfig, InferenceConfig, TrainConfig
 from dkuxnet.inference import Predictor
-from dkuxnet.model.network import ModelOutput
+from dkuxnet.model.output import ModelOutput
 
 PATCH = (16, 16, 32)  # every side divisible by the (tiny) model's stride
 KERNEL = np.random.default_rng(5).normal(0.0, 0.6, (3, 3, 3))

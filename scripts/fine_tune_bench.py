@@ -56,8 +56,8 @@ sys.path.insert(0, str(ROOT / "DKUXNetSegment"))  # the module folder, as Slicer
 
 from dkuxnet.data import Case, load_dataset  # noqa: E402
 from dkuxnet.inference import Predictor  # noqa: E402
-from dkuxnet.inference.predictor import resample_to_spacing  # noqa: E402
 from dkuxnet.io import Volume, read_volume, write_volume  # noqa: E402
+from dkuxnet.preprocessing import resample_to_spacing  # noqa: E402
 from dkuxnet.resources import default_model_path  # noqa: E402
 
 log = logging.getLogger("fine_tune_bench")

@@ -37,7 +37,7 @@ from dkuxnet.data import Case, load_dataset
 from dkuxnet.inference import Predictor
 from dkuxnet.io import read_label, read_volume
 from dkuxnet.metrics import case_metrics
-from dkuxnet.training.trainer import resample_cases
+from dkuxnet.preprocessing import resample_cases
 
 CHOICES = ("a", "b", "both")
 # Confidence thresholds tau the teaching signal is also counted at (0.5: every voxel for K = 2).
@@ -81,7 +81,7 @@ def teaching_signal(
     """What each network's confident labels could teach the other on unlabeled scans (see the
     module docstring), summed over the first ``limit`` unlabeled scans. ``predictors``: ``a``
     and ``b``, trained at the same spacing; the scans are resampled as the trainer does it
-    (:func:`dkuxnet.training.trainer.resample_cases`, written once into ``cache``)."""
+    (:func:`dkuxnet.preprocessing.resample_cases`, written once into ``cache``)."""
     config = predictors["a"].config
     spacing, taus = tuple(config.data.target_spacing), (config.training.confidence, *TAUS)
     if tuple(predictors["b"].config.data.target_spacing) != spacing:

@@ -52,11 +52,11 @@ import numpy as np
 import slicer
 import vtk
 
-from dkuxnet.commands.estimate import format_duration as approximate_duration
 from dkuxnet.errors import InputError
 from dkuxnet.events import EVENTS_FILE, read_events
 from dkuxnet.io import Volume, read_volume, write_volume
 from dkuxnet.jobs import STOP_REQUEST_FILE, Job, JobState, dkuxnet_command
+from dkuxnet.reports import format_clock, format_duration
 from dkuxnet.resources import default_model_path
 
 from . import slicer_bridge
@@ -176,16 +176,6 @@ def fine_tune_model_and_device(params: Parameters) -> tuple[Path | None, str]:
         else None
     )
     return init_model, params.device
-
-
-def format_duration(seconds: float | None) -> str:
-    """``"1:02:03"`` / ``"2:03"`` for a duration; ``""`` when unknown."""
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        return ""
-    s = int(round(seconds))
-    h, rest = divmod(s, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def uncertainty_label(measure: str | None) -> str:
@@ -598,9 +588,9 @@ class Task:
     def describe(self) -> str:
         """The status line every front end shows, e.g. ``"iteration 5/250, loss 0.4100 —
         elapsed 1:02, about 9:10 left"`` (the time left only while the job runs)."""
-        text = f"{self.status} — elapsed {format_duration(self.elapsed_s)}"
+        text = f"{self.status} — elapsed {format_clock(self.elapsed_s)}"
         if self.eta_s and not self.state.is_final:
-            text += f", about {format_duration(self.eta_s)} left"
+            text += f", about {format_clock(self.eta_s)} left"
         return text
 
     def _on_event(self, event: dict[str, Any]) -> None:  # pragma: no cover - overridden
@@ -823,7 +813,7 @@ class TimeEstimate:
         s = self.s_per_iteration
         per_iteration = f"{s:.1f}" if s >= 1 else f"{s:.2f}"
         return (
-            f"Expected: {approximate_duration(self.total_s(iterations))} for {iterations} "
+            f"Expected: {format_duration(self.total_s(iterations))} for {iterations} "
             f"iterations ({per_iteration} s per iteration, measured on this machine, "
             f"{self.device}, {self.precision})" + (f"; note: {self.busy}" if self.busy else "")
         )

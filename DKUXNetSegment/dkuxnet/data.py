@@ -2,7 +2,6 @@
 
 * :func:`load_dataset` reads a Medical Segmentation Decathlon / nnU-Net folder or a MONAI
   decathlon datalist JSON into a :class:`DatasetSplit` (labeled, unlabeled, validation, test).
-* :func:`normalize_image` is the one intensity normalisation shared by trainer and predictor.
 * :class:`TwoStreamSampler` draws labeled and unlabeled patches; a batch is a pure function of
   ``(seed, iteration, rank)``, so a resumed run sees exactly the batches it would have seen.
 * :func:`import_la` converts the 2018 LA challenge data (raw NRRD folders or the widely shared
@@ -39,6 +38,7 @@ from dkuxnet.io import (
     volume_suffix,
     write_volume,
 )
+from dkuxnet.preprocessing import normalize_image
 from dkuxnet.resources import SPLITS_DIR
 
 log = logging.getLogger(__name__)
@@ -256,27 +256,6 @@ def load_dataset(path: str | os.PathLike[str]) -> DatasetSplit:
 
 
 # --------------------------------------------------------------------------------------------
-# Intensity normalisation
-# --------------------------------------------------------------------------------------------
-
-
-def normalize_image(array: np.ndarray) -> np.ndarray:
-    """Z-score the whole volume (MONAI ``NormalizeIntensity``); a constant volume becomes 0.
-
-    Args:
-        array: image of any shape, e.g. ``(Z, Y, X)``.
-
-    Returns:
-        ``float32`` array of the same shape with mean 0 and standard deviation 1.
-    """
-    from monai.transforms import NormalizeIntensity
-
-    normalize = NormalizeIntensity(nonzero=False, channel_wise=False, dtype=np.float32)
-    out = normalize(np.asarray(array, dtype=np.float32))
-    return np.asarray(out.cpu().numpy() if isinstance(out, torch.Tensor) else out, np.float32)
-
-
-# --------------------------------------------------------------------------------------------
 # Two-stream patch sampler
 # --------------------------------------------------------------------------------------------
 
@@ -321,8 +300,9 @@ class _Stream:
 class TwoStreamSampler:
     """Labeled and unlabeled training patches, deterministic in ``(seed, iteration, rank)``.
 
-    Cases are read once (on first use), normalised with :func:`normalize_image` and kept in
-    memory as channel-first arrays ``(1, Z, Y, X)``. For each slot of a batch a MONAI
+    Cases are read once (on first use), normalised with
+    :func:`~dkuxnet.preprocessing.normalize_image` and kept in memory as channel-first arrays
+    ``(1, Z, Y, X)``. For each slot of a batch a MONAI
     dictionary pipeline is seeded from ``(seed, iteration, rank, stream, slot)``:
 
     * labeled: ``SpatialPadd`` (only where the image is smaller than the patch) ->

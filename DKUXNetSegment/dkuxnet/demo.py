@@ -19,6 +19,7 @@ from dkuxnet.data import load_dataset
 from dkuxnet.errors import OutputExistsError
 from dkuxnet.io import read_label, read_volume, strip_volume_suffix, write_volume
 from dkuxnet.metrics import case_metrics, format_table, summarize
+from dkuxnet.reports import write_csv
 from dkuxnet.synthetic import write_synthetic_dataset
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,6 @@ def run_demo(
     out: Path, settings: DemoSettings, device: str = "auto", progress: bool = True
 ) -> DemoResult:
     """Make data, train, predict and evaluate in ``out``; the report is ``out/report.md``."""
-    from dkuxnet.commands.evaluate import write_csv
     from dkuxnet.inference import Predictor
     from dkuxnet.plots import plot_curves
     from dkuxnet.progress import follow_training

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
-from dkuxnet.model.network import ModelOutput
+from dkuxnet.model.output import ModelOutput
 
 _EPS = 1e-6
 _dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)

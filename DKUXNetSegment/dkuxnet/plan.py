@@ -85,6 +85,15 @@ class Machine:
         return f"CPU, {self.cpu_cores} cores, {'native bf16' if self.bf16 else 'fp32 only'}"
 
 
+#: The run-config setting (``section.key``) each planned :class:`Plan` field fills.
+PLANNED_FIELDS: dict[str, str] = {
+    "data.target_spacing": "target_spacing",
+    "data.patch_size": "patch_size",
+    "data.labeled_batch": "labeled_batch",
+    "data.unlabeled_batch": "unlabeled_batch",
+}
+
+
 @dataclass(frozen=True)
 class Plan:
     """The planned settings and why."""
@@ -97,13 +106,9 @@ class Plan:
     reasons: list[str] = field(default_factory=list)
 
     def as_overrides(self) -> dict[str, object]:
-        """``section.key`` -> value, as ``--set`` would give them."""
-        return {
-            "data.target_spacing": list(self.target_spacing),
-            "data.patch_size": list(self.patch_size),
-            "data.labeled_batch": self.labeled_batch,
-            "data.unlabeled_batch": self.unlabeled_batch,
-        }
+        """``section.key`` -> value (:data:`PLANNED_FIELDS`), as ``--set`` would give them."""
+        values = {key: getattr(self, name) for key, name in PLANNED_FIELDS.items()}
+        return {key: list(v) if isinstance(v, tuple) else v for key, v in values.items()}
 
 
 def _image_info(path: Path) -> tuple[tuple[float, ...], tuple[int, ...]]:

@@ -9,6 +9,7 @@ before training starts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from typing import Any
 
 from dkuxnet.config import PRESETS
 from dkuxnet.errors import ConfigError
+from dkuxnet.reports import format_duration
 
 HELP = "measure seconds per training iteration on this machine and estimate a run's duration"
 log = logging.getLogger(__name__)
@@ -33,16 +35,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--repeats", type=int, default=2, help="timed iterations after a warm-up")
     p.add_argument("--json", action="store_true", help="print one JSON line (for front ends)")
-
-
-def format_duration(seconds: float) -> str:
-    """``"about 14 min"``, ``"about 1 h 20 min"``, ``"under a minute"``."""
-    if seconds < 60:
-        return "under a minute"
-    minutes = round(seconds / 60)
-    if minutes < 60:
-        return f"about {minutes} min"
-    return f"about {minutes // 60} h {minutes % 60:02d} min"
 
 
 def busy_cpu_note(device: str) -> str | None:
@@ -64,17 +56,17 @@ def busy_cpu_note(device: str) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dkuxnet.commands.train import apply_plan, build_config
     from dkuxnet.data import DatasetSplit, load_dataset
     from dkuxnet.device import autocast_dtype, resolve_device
+    from dkuxnet.run_config import RunRequest, apply_plan, build_config
     from dkuxnet.training import Trainer
 
     if args.repeats < 1:
         raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
-    args.resume, args.no_plan = False, args.data is None
-    config = build_config(args)
+    request = dataclasses.replace(RunRequest.from_args(args), plan=args.data is not None)
+    config = build_config(request)
     if args.data:
-        config = apply_plan(config, args, load_dataset(args.data))
+        config = apply_plan(config, request, load_dataset(args.data))
     device = resolve_device(args.device)
     busy = busy_cpu_note(device.type)  # before our own iterations load the CPU
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,22 +4,18 @@ predictions against labels; a per-case and mean ± std table, optionally as CSV 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any, Literal
 
 from dkuxnet.commands.predict import add_precision_argument
 from dkuxnet.errors import InputError, OutputExistsError
+from dkuxnet.reports import write_csv, write_json
 
 HELP = "score a model on a dataset split, or prediction files against label files"
 
 log = logging.getLogger(__name__)
-
-COLUMNS = ("case", "dice", "jaccard", "hd95", "asd")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -119,34 +115,6 @@ def _score_model(args: argparse.Namespace) -> list[dict[str, Any]]:
             style=args.style,
             progress=lambda *_: bar.update(1),
         )
-
-
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return value
-
-
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def write_json(rows: list[dict[str, Any]], summary: dict[str, Any], units: str, path: Path) -> None:
-    """JSON with ``units``, ``cases`` and ``summary``; infinities become the string "inf"."""
-    record = {
-        "units": units,
-        "cases": [{k: _finite_or_none(v) for k, v in row.items()} for row in rows],
-        "summary": {
-            metric: {k: _finite_or_none(v) for k, v in values.items()}
-            for metric, values in summary.items()
-        },
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
 def _check_reports(args: argparse.Namespace) -> None:

@@ -4,7 +4,7 @@ A :class:`Predictor` is built once (from networks, or from a checkpoint that car
 config) and reused for any number of images. For one image it
 
 1. optionally resamples the volume to the checkpoint's ``data.target_spacing`` (linear);
-2. normalises intensities exactly as training did (:func:`dkuxnet.data.normalize_image`);
+2. normalises intensities exactly as training did (:func:`dkuxnet.preprocessing.normalize_image`);
 3. runs MONAI's ``sliding_window_inference`` with the training patch size, the configured
    overlap and Gaussian blending; each window is a batch on the compute device, the stitched
    result is kept on the CPU so a whole LA volume (576 x 576 x 88) never sits on the GPU;
@@ -63,11 +63,17 @@ import torch
 from scipy import ndimage
 
 from dkuxnet.config import UNCERTAINTY_CHOICES, TrainConfig
-from dkuxnet.data import normalize_image
 from dkuxnet.device import autocast_dtype, resolve_device
 from dkuxnet.errors import CheckpointError, ConfigError, InputError
 from dkuxnet.io import Volume
 from dkuxnet.orientation import to_canonical
+from dkuxnet.preprocessing import (
+    crop_volume,
+    foreground_box,
+    normalize_image,
+    resample_onto,
+    resample_to_spacing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -186,93 +192,6 @@ def keep_largest_component(label: np.ndarray, num_classes: int) -> np.ndarray:
         sizes[0] = 0
         out[mask & (components != int(np.argmax(sizes)))] = 0
     return out
-
-
-def resample_to_spacing(
-    volume: Volume, spacing: Sequence[float], *, interpolator: int = sitk.sitkLinear
-) -> Volume:
-    """Resample onto a grid of another spacing that covers the same physical box.
-
-    The grid keeps the direction; its size is ``round(size * spacing / new_spacing)`` and its
-    origin moves so that the outer voxel corners stay where they were.
-
-    Args:
-        volume: input volume (resampled as ``float32``).
-        spacing: new spacing ``(x, y, z)`` in mm.
-        interpolator: a SimpleITK interpolator (linear for images).
-    """
-    old = np.asarray(volume.spacing, dtype=np.float64)
-    new = np.asarray(spacing, dtype=np.float64)
-    size = [max(1, round(n * s / t)) for n, s, t in zip(volume.size, old, new, strict=True)]
-    origin = np.asarray(volume.origin) + volume.direction @ ((new - old) / 2.0)
-    image = sitk.Cast(volume.to_sitk(), sitk.sitkFloat32)
-    resampled = sitk.Resample(
-        image,
-        [int(v) for v in size],
-        sitk.Transform(),
-        interpolator,
-        tuple(float(v) for v in origin),
-        tuple(float(v) for v in new),
-        tuple(float(v) for v in volume.direction.ravel()),
-        0.0,
-        sitk.sitkFloat32,
-    )
-    return Volume.from_sitk(resampled)
-
-
-def resample_onto(volume: Volume, reference: Volume, *, interpolator: int) -> np.ndarray:
-    """Resample ``volume`` onto ``reference``'s grid; returns the array ``(Z, Y, X)``.
-
-    Args:
-        volume: what to resample (its dtype is kept).
-        reference: the grid (size, origin, spacing, direction) to land on.
-        interpolator: ``sitk.sitkNearestNeighbor`` for labels, ``sitk.sitkLinear`` otherwise.
-    """
-    image = volume.to_sitk()
-    resampled = sitk.Resample(
-        image,
-        [int(v) for v in reference.size],
-        sitk.Transform(),
-        interpolator,
-        reference.origin,
-        reference.spacing,
-        tuple(float(v) for v in reference.direction.ravel()),
-        0.0,
-        image.GetPixelID(),
-    )
-    return sitk.GetArrayFromImage(resampled)
-
-
-def foreground_box(array: np.ndarray) -> tuple[slice, slice, slice] | None:
-    """The bounding box of the voxels brighter than the image minimum, or ``None``.
-
-    A scan padded with a constant (or surrounded by an exactly-zero background) is cropped to
-    its content before prediction, so the network never sees large constant regions it was not
-    trained on. ``None`` when the box is the whole image or the image is constant.
-    """
-    content = array > array.min()
-    if not content.any():
-        return None
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(content.any(axis=other))
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    if all(b.start == 0 and b.stop == n for b, n in zip(box, array.shape, strict=True)):
-        return None
-    return box[0], box[1], box[2]
-
-
-def crop_volume(volume: Volume, box: tuple[slice, slice, slice]) -> Volume:
-    """The sub-volume ``volume.array[box]`` with its physical position (origin) kept exact."""
-    start_ijk = np.array([box[2].start, box[1].start, box[0].start], dtype=np.float64)  # (i, j, k)
-    origin = volume.index_to_physical(start_ijk)
-    return Volume(
-        np.ascontiguousarray(volume.array[box]),
-        volume.spacing,
-        (float(origin[0]), float(origin[1]), float(origin[2])),
-        volume.direction,
-    )
 
 
 def _pasted(

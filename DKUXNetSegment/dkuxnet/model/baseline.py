@@ -3,7 +3,7 @@
 The semi-supervised study (``scripts/ssl_grid.py``) compares Dual kMaX UX-Net with the network
 most people would train first: MONAI's residual ``UNet`` with its tutorial widths
 (16, 32, 64, 128, 256; four stride-2 stages; two residual units; instance norm). Wrapping it in
-:class:`~dkuxnet.model.network.ModelOutput` lets the same trainer, sampler, schedule, checkpoint
+:class:`~dkuxnet.model.output.ModelOutput` lets the same trainer, sampler, schedule, checkpoint
 rule and predictor serve both, so the only difference in a comparison is the network.
 
 With one set of logits ``z`` there are no cluster centres: the kMaX head is ``log_softmax(z)``,
@@ -20,7 +20,7 @@ from torch import nn
 
 from dkuxnet.config import ModelConfig
 from dkuxnet.model.blocks import guard_bf16_convolutions
-from dkuxnet.model.network import ModelOutput
+from dkuxnet.model.output import ModelOutput
 
 #: MONAI tutorial widths; total stride 16, like the ``lite`` and ``paper`` encoders.
 UNET_CHANNELS = (16, 32, 64, 128, 256)

@@ -45,6 +45,7 @@ from dkuxnet.losses import (
     supervised_loss,
 )
 from dkuxnet.model import build_model
+from dkuxnet.preprocessing import resample_cases
 from dkuxnet.training.augment import strong_view
 from dkuxnet.training.checkpoint import (
     capture_rng_state,
@@ -148,49 +149,6 @@ def _perturb(net: nn.Module, scale: float, seed: int) -> None:
                 continue
             noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
             param.add_(noise.to(param) * scale * param.detach().float().std())
-
-
-def resample_cases(cases: Sequence[Case], spacing: Sequence[float], cache: Path) -> list[Case]:
-    """Cases resampled to ``spacing`` mm (x, y, z), written once into ``cache``.
-
-    Used when ``data.target_spacing`` is set, so that training sees what the predictor feeds
-    the network (it resamples inputs to the same spacing, in the canonical voxel order of
-    :mod:`dkuxnet.orientation`, as done here too). Images are resampled linearly, labels by
-    nearest neighbour; a canonical case already at the spacing is used as it is.
-    """
-    import SimpleITK as sitk
-
-    from dkuxnet.inference.predictor import resample_to_spacing
-    from dkuxnet.io import read_volume, write_volume
-    from dkuxnet.orientation import is_canonical, to_canonical
-
-    out = []
-    for case in cases:
-        image_path = cache / "image" / f"{case.name}.nii.gz"
-        label_path = cache / "label" / f"{case.name}.nii.gz" if case.label is not None else None
-        if image_path.exists() and (label_path is None or label_path.exists()):
-            out.append(Case(case.name, image_path, label_path))  # resampled by an earlier start
-            continue
-        image = read_volume(case.image)
-        if is_canonical(image) and np.allclose(image.spacing, spacing, rtol=1e-4):
-            out.append(case)
-            continue
-        write_volume(
-            resample_to_spacing(to_canonical(image)[0], spacing, interpolator=sitk.sitkLinear),
-            image_path,
-            overwrite=True,
-        )
-        if case.label is not None and label_path is not None:
-            label = resample_to_spacing(
-                to_canonical(read_volume(case.label, what="label"))[0],
-                spacing,
-                interpolator=sitk.sitkNearestNeighbor,
-            )
-            write_volume(
-                label.with_array(np.rint(label.array).astype(np.uint8)), label_path, overwrite=True
-            )
-        out.append(Case(case.name, image_path, label_path))
-    return out
 
 
 PSEUDO_DIR = "pseudo"
