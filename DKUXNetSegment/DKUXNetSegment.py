@@ -36,6 +36,7 @@ SUPPORTED = unsupported_reason() is None
 if SUPPORTED:  # on an older Slicer the panel shows unsupported_reason() instead
     from dkuxnet.errors import InputError
     from dkuxnet.jobs import JobState
+    from dkuxnet.runs import can_resume
     from DKUXNetSegmentLib import slicer_bridge
     from DKUXNetSegmentLib.logic import (
         DEVICES,
@@ -654,7 +655,7 @@ class DKUXNetSegmentLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def canResume(folder):
-        return bool(folder) and (Path(folder) / "run" / "last.pt").is_file()
+        return bool(folder) and can_resume(Path(folder) / "run")
 
     def ensureDependencies(self):
         """Check torch/monai/SimpleITK; offer to install the missing ones. True when ready."""

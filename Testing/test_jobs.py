@@ -16,7 +16,6 @@ from dkuxnet.jobs import (
     CREATE_NO_WINDOW,
     JOB_FILE,
     RUN_TOKEN_ENV,
-    STOP_REQUEST_FILE,
     Job,
     JobState,
     child_environment,
@@ -24,6 +23,7 @@ from dkuxnet.jobs import (
     dkuxnet_command,
     popen_options,
 )
+from dkuxnet.runs import STOP_REQUEST_FILE
 
 POSIX_ONLY = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
 
@@ -274,11 +274,6 @@ def test_windows_children_get_no_console_window_and_their_own_group() -> None:
         assert CREATE_NEW_PROCESS_GROUP == subprocess.CREATE_NEW_PROCESS_GROUP
         assert CREATE_NO_WINDOW == subprocess.CREATE_NO_WINDOW
     assert popen_options(windows=False) == {"start_new_session": True}
-
-
-def test_stop_file_name_is_the_trainers() -> None:
-    trainer = pytest.importorskip("dkuxnet.training.trainer")
-    assert trainer.STOP_FILE == STOP_REQUEST_FILE
 
 
 def test_request_stop_without_a_stop_file_does_nothing(tmp_path: Path) -> None:

@@ -277,7 +277,7 @@ def test_bf16_training_keeps_losses_finite(dataset: Path, tmp_path: Path) -> Non
 
 
 def test_stop_file_stops_after_the_current_iteration(dataset: Path, tmp_path: Path) -> None:
-    from dkuxnet.training.trainer import STOP_FILE
+    from dkuxnet.runs import STOP_REQUEST_FILE as STOP_FILE
 
     run = tmp_path / "run"
     run.mkdir()
@@ -304,7 +304,7 @@ def test_a_stop_written_for_this_run_before_it_started_is_honoured(
     Windows the job was then killed after the grace period instead of stopping cleanly).
     """
     from dkuxnet.jobs import RUN_TOKEN_ENV
-    from dkuxnet.training.trainer import STOP_FILE
+    from dkuxnet.runs import STOP_REQUEST_FILE as STOP_FILE
 
     monkeypatch.setenv(RUN_TOKEN_ENV, "this-run")
     run = tmp_path / "run"
@@ -319,7 +319,7 @@ def test_a_stop_of_an_earlier_run_is_cleared(
     dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from dkuxnet.jobs import RUN_TOKEN_ENV
-    from dkuxnet.training.trainer import STOP_FILE
+    from dkuxnet.runs import STOP_REQUEST_FILE as STOP_FILE
 
     monkeypatch.setenv(RUN_TOKEN_ENV, "this-run")
     run = tmp_path / "run"

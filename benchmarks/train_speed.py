@@ -41,7 +41,7 @@ def worker(
     from dkuxnet.config import TrainConfig
     from dkuxnet.data import load_dataset
     from dkuxnet.device import resolve_device
-    from dkuxnet.events import read_events
+    from dkuxnet.events import EVENTS_FILE, read_events
     from dkuxnet.synthetic import write_synthetic_dataset
     from dkuxnet.training import Trainer
 
@@ -69,7 +69,7 @@ def worker(
             torch.cuda.reset_peak_memory_stats()
         # validation at the last iteration is part of the run; times come from the events
         Trainer(cfg, data, Path(tmp) / "run", device=str(dev)).run()
-        events = read_events(Path(tmp) / "run" / "events.jsonl")
+        events = read_events(Path(tmp) / "run" / EVENTS_FILE)
     iters = [e for e in events if e["event"] == "iteration"][1:]
     times = [1.0 / e["it_per_s"] for e in iters]
     waits = [e.get("data_wait_s", 0.0) for e in iters]

@@ -31,11 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from learning_check import evaluate
-from ssl_grid import SCORES, completed, run_config
+from ssl_grid import SCORES, run_config
 
 from dkuxnet.data import load_dataset
 from dkuxnet.inference import Predictor
 from dkuxnet.inference.ranking import rank_scans, write_ranking_csv
+from dkuxnet.runs import can_resume, is_completed
 from dkuxnet.training import Trainer
 
 log = logging.getLogger("active_learning_round")
@@ -109,10 +110,10 @@ def main() -> None:
         run = args.out / arm / "run"
         data_dir = arm_dataset(args.data, picked, args.out / arm / "data")
         if not (run / SCORES).exists():
-            if not completed(run):
+            if not is_completed(run):
                 log.info("arm %s: labeling %s", arm, ", ".join(picked))
-                resume = (run / "last.pt").exists()
-                status = Trainer(config, load_dataset(data_dir), run, "cpu", resume=resume).run()
+                data = load_dataset(data_dir)
+                status = Trainer(config, data, run, "cpu", resume=can_resume(run)).run()
                 if status != "completed":
                     continue
             scores = evaluate(run, data_dir, voxel_units=True, device="cpu")

@@ -59,6 +59,7 @@ from dkuxnet.inference import Predictor  # noqa: E402
 from dkuxnet.io import Volume, read_volume, write_volume  # noqa: E402
 from dkuxnet.preprocessing import resample_to_spacing  # noqa: E402
 from dkuxnet.resources import default_model_path  # noqa: E402
+from dkuxnet.runs import can_resume  # noqa: E402
 
 log = logging.getLogger("fine_tune_bench")
 
@@ -183,7 +184,7 @@ def fine_tune(
         scene, jobs_dir=runs / "jobs", runs_dir=runs, python_executable=sys.executable
     )
     previous = sorted(runs.glob("finetune*"))
-    if previous and (previous[-1] / "run" / "last.pt").is_file():
+    if previous and can_resume(previous[-1] / "run"):
         log.info("resuming %s", previous[-1])
         task = logic.resume_fine_tune(previous[-1])
         elapsed_before = (

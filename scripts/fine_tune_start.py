@@ -42,6 +42,7 @@ from dkuxnet.data import Case, load_dataset
 from dkuxnet.inference import Predictor, score_cases
 from dkuxnet.io import Volume, read_volume, write_volume
 from dkuxnet.resources import default_model_path
+from dkuxnet.runs import can_resume
 
 log = logging.getLogger("fine_tune_start")
 
@@ -141,7 +142,7 @@ def main() -> None:
         argv = ["train", "--data", str(datalist), "--out", str(run), "--init", str(model)]
         argv += ["--iterations", str(args.iterations), "--device", "cpu", "--quiet"]
         argv += [a for s in ARMS[arm] for a in ("--set", s)]
-        if (run / "last.pt").exists():
+        if can_resume(run):
             argv.append("--resume")
         log.info("fine-tune arm %s -> %s", arm, run)
         if cli_main(argv) != 0:

@@ -35,6 +35,7 @@ from dkuxnet.data import load_dataset
 from dkuxnet.demo import DemoSettings, demo_config
 from dkuxnet.inference import Predictor, score_cases
 from dkuxnet.metrics import summarize
+from dkuxnet.runs import BEST_CHECKPOINT, CONFIG_FILE, can_resume, is_completed
 from dkuxnet.synthetic import write_synthetic_dataset
 from dkuxnet.training import Trainer
 
@@ -43,7 +44,7 @@ log = logging.getLogger("learning_check")
 
 def evaluate(run: Path, data_dir: Path, voxel_units: bool, device: str) -> dict:
     """Score ``run/best.pt`` on the test list as ``dkuxnet evaluate`` does (medpy style)."""
-    predictor = Predictor.from_checkpoint(run / "best.pt", device=device)
+    predictor = Predictor.from_checkpoint(run / BEST_CHECKPOINT, device=device)
     rows = score_cases(
         predictor, load_dataset(data_dir).test, voxel_units=voxel_units, style="medpy"
     )
@@ -98,17 +99,13 @@ def main() -> None:
             )  # fmt: skip
     config = build_config(args.iterations, args.seed, args.preset, args.patch, args.set)
     args.out.mkdir(parents=True, exist_ok=True)
-    config.save(args.out / "config.json")
+    config.save(args.out / CONFIG_FILE)
     results = {}
     for mode in ("supervised", "dual"):
         cfg: TrainConfig = config.replace(training=config.training.replace(mode=mode))
         run = args.out / mode
-        done = any(
-            '"status": "completed"' in line
-            for line in (run / "events.jsonl").read_text().splitlines()
-        ) if (run / "events.jsonl").exists() else False  # fmt: skip
-        if not done:
-            resume = (run / "last.pt").exists()
+        if not is_completed(run):
+            resume = can_resume(run)
             Trainer(cfg, load_dataset(data_dir), run, device=args.device, resume=resume).run()
         results[mode] = evaluate(
             run, data_dir, voxel_units=args.data is not None, device=args.device

@@ -58,6 +58,7 @@ from learning_check import build_config, evaluate
 from dkuxnet.config import ModelConfig, TrainConfig
 from dkuxnet.data import import_la, load_dataset
 from dkuxnet.events import read_events
+from dkuxnet.runs import CONFIG_FILE, EVENTS_FILE, can_resume, is_completed
 from dkuxnet.training import Trainer
 
 log = logging.getLogger("ssl_grid")
@@ -114,21 +115,14 @@ def run_config(number: int, iterations: int, seed: int) -> TrainConfig:
     return config
 
 
-def completed(run: Path) -> bool:
-    events = run / "events.jsonl"
-    return events.exists() and any(
-        e.get("event") == "finished" and e.get("status") == "completed" for e in read_events(events)
-    )
-
-
 def do_run(number: int, labels: int, seed: int, args: argparse.Namespace) -> dict | None:
     """Train (or resume) and score one cell; ``None`` when stopped before the end."""
     name = CONFIGS[number][0]
     run = args.out / str(labels) / name / f"seed{seed}"
     data_dir = args.out / "data" / f"la{labels}"
     config = run_config(number, args.iterations, seed)
-    if (run / "config.json").exists():
-        saved = TrainConfig.load(run / "config.json")
+    if (run / CONFIG_FILE).exists():
+        saved = TrainConfig.load(run / CONFIG_FILE)
         # the gradient probe does not change training (runs from before it lack it)
         saved = saved.replace(
             training=saved.training.replace(grad_probe_every=config.training.grad_probe_every)
@@ -139,14 +133,15 @@ def do_run(number: int, labels: int, seed: int, args: argparse.Namespace) -> dic
         return json.loads((run / SCORES).read_text())
     if args.table_only:
         return None
-    if not completed(run):
+    if not is_completed(run):
         log.info("training %s, %d labeled, seed %d -> %s", name, labels, seed, run)
-        resume = (run / "last.pt").exists()
-        status = Trainer(config, load_dataset(data_dir), run, device="cpu", resume=resume).run()
+        status = Trainer(
+            config, load_dataset(data_dir), run, device="cpu", resume=can_resume(run)
+        ).run()
         if status != "completed":
             return None
     scores = evaluate(run, data_dir, voxel_units=True, device="cpu")
-    events = read_events(run / "events.jsonl")
+    events = read_events(run / EVENTS_FILE)
     seconds = sum(
         e["time"] - s["time"]
         for s, e in zip(events, events[1:], strict=False)
@@ -200,7 +195,7 @@ def known_cells(path: Path | None) -> dict[tuple[int, int, int], dict]:
 def grad_ratio(run: Path, after: float = 0.5) -> float | None:
     """Mean |grad of the weighted consistency| / |grad of L_sup| over the gradient probes in the
     last ``1 - after`` of the run (after the ramp-up); ``None`` without probes."""
-    events = run / "events.jsonl"
+    events = run / EVENTS_FILE
     if not events.exists():
         return None
     ratios = [

@@ -32,6 +32,7 @@ from pathlib import Path
 from dkuxnet.config import ModelConfig, TrainConfig
 from dkuxnet.data import import_la, load_dataset
 from dkuxnet.events import read_events
+from dkuxnet.runs import BEST_CHECKPOINT, CONFIG_FILE, EVENTS_FILE, can_resume
 from dkuxnet.training import Trainer
 from dkuxnet.training.checkpoint import export_model, load_checkpoint
 
@@ -40,7 +41,7 @@ log = logging.getLogger("train_default_model")
 
 def run_status(run: Path) -> str:
     """One paragraph: iterations done of the total, speed, time left, best validation so far."""
-    events_path = run / "events.jsonl"
+    events_path = run / EVENTS_FILE
     if not events_path.exists():
         return f"{run}: not started"
     events = read_events(events_path)
@@ -100,8 +101,8 @@ def main() -> None:
     if args.status:
         print(run_status(run))
         return
-    if (run / "config.json").exists():  # one schedule per run: no re-targeting on resume
-        planned = TrainConfig.load(run / "config.json").training.iterations
+    if (run / CONFIG_FILE).exists():  # one schedule per run: no re-targeting on resume
+        planned = TrainConfig.load(run / CONFIG_FILE).training.iterations
         if planned != args.iterations:
             raise SystemExit(
                 f"{run} is a run of {planned} iterations; resume it with --iterations {planned} "
@@ -136,10 +137,9 @@ def main() -> None:
         inference=base.inference,
     )
     data = load_dataset(imported)  # the trainer resamples to data.target_spacing (cached in run/)
-    resume = (run / "last.pt").exists()
-    Trainer(config, data, run, device=args.device, resume=resume).run()
+    Trainer(config, data, run, device=args.device, resume=can_resume(run)).run()
     if args.export:
-        record = load_checkpoint(run / "best.pt")
+        record = load_checkpoint(run / BEST_CHECKPOINT)
         export_model(
             record,
             args.export,

@@ -55,9 +55,10 @@ import vtk
 from dkuxnet.errors import InputError
 from dkuxnet.events import EVENTS_FILE, read_events
 from dkuxnet.io import Volume, read_volume, write_volume
-from dkuxnet.jobs import STOP_REQUEST_FILE, Job, JobState, dkuxnet_command
+from dkuxnet.jobs import Job, JobState, dkuxnet_command
 from dkuxnet.reports import format_clock, format_duration
 from dkuxnet.resources import default_model_path
+from dkuxnet.runs import STOP_REQUEST_FILE, can_resume, model_checkpoint
 
 from . import slicer_bridge
 
@@ -152,9 +153,8 @@ def resolve_model(source: str, path: str | Path | None = None) -> Path:
         raise InputError("choose a model run folder or .pt file")
     path = Path(path)
     if source == "run":
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
+        if (found := model_checkpoint(path)) is not None:
+            return found
         raise InputError(f"{path} holds no best.pt or last.pt; is it a training run folder?")
     if not path.is_file():
         raise InputError(f"model file not found: {path}")
@@ -764,12 +764,10 @@ class FineTuneTask(Task):
             self.model_path = Path(event["path"])
 
     def _on_success(self) -> None:
-        for name in ("best.pt", "last.pt"):
-            if (self.run_dir / name).is_file():
-                self.model_path = self.run_dir / name
-                break
-        else:
+        found = model_checkpoint(self.run_dir)
+        if found is None:
             raise InputError(f"training ended but wrote no model in {self.run_dir}")
+        self.model_path = found
         super()._on_success()
         if self.best_dice is not None:
             self.status += f", best validation Dice {self.best_dice:.3f}"
@@ -1380,7 +1378,7 @@ class DKUXNetLogic:
         if not settings_file.is_file():
             raise InputError(f"{folder} is not a fine-tuning folder of this module")
         settings = json.loads(settings_file.read_text())
-        if not (folder / "run" / "last.pt").is_file():
+        if not can_resume(folder / "run"):
             raise InputError(f"{folder / 'run'} has no last.pt to resume from")
         args = ["train", *settings["args"], "--resume"]
         return self._start_training(folder, args, settings, resume=True, plots=plots)

@@ -26,6 +26,7 @@ from dkuxnet.errors import InputError
 from dkuxnet.inference.roi import parse_ras_box
 from dkuxnet.io import Volume, read_label, read_volume, strip_volume_suffix, write_volume
 from dkuxnet.jobs import JobState
+from dkuxnet.runs import can_resume
 from DKUXNetSegmentLib import slicer_bridge
 from DKUXNetSegmentLib.logic import (
     PANEL_WORDS,
@@ -366,7 +367,7 @@ class WebSession:
             JobState.COMPLETED,
             JobState.RUNNING,
         )
-        return bool(folder) and not finished and (Path(folder) / "run" / "last.pt").is_file()
+        return bool(folder) and not finished and can_resume(Path(folder) / "run")
 
     def _started_fine_tune(self, task: FineTuneTask) -> FineTuneTask:
         self.fine_tune_task = task

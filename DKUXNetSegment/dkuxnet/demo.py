@@ -20,6 +20,7 @@ from dkuxnet.errors import OutputExistsError
 from dkuxnet.io import read_label, read_volume, strip_volume_suffix, write_volume
 from dkuxnet.metrics import case_metrics, format_table, summarize
 from dkuxnet.reports import write_csv
+from dkuxnet.runs import BEST_CHECKPOINT
 from dkuxnet.synthetic import write_synthetic_dataset
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ def run_demo(
     with follow_training(run_dir, enabled=progress):
         Trainer(config, data, run_dir, device=device).run()
     log.info("3/4 predicting %d test phantoms", len(data.test))
-    predictor = Predictor.from_checkpoint(run_dir / "best.pt", device=device)
+    predictor = Predictor.from_checkpoint(run_dir / BEST_CHECKPOINT, device=device)
     rows, figure_cases = [], []
     for case in data.test:
         image = read_volume(case.image)

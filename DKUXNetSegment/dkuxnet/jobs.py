@@ -45,9 +45,6 @@ log = logging.getLogger(__name__)
 
 JOB_FILE = "job.json"
 LOG_FILE = "job.log"
-#: The stop file of a ``dkuxnet train`` run folder (``dkuxnet.training.trainer.STOP_FILE``,
-#: which imports torch; this module must not).
-STOP_REQUEST_FILE = "stop.request"
 #: The environment variable that gives a child its run token; a stop file that holds the token
 #: was written for this run (:func:`clear_stale_stop_request`).
 RUN_TOKEN_ENV = "DKUXNET_RUN_TOKEN"

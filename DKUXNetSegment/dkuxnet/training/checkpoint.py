@@ -36,6 +36,7 @@ import torch
 from dkuxnet import __version__
 from dkuxnet.config import TrainConfig
 from dkuxnet.errors import CheckpointError, ConfigError
+from dkuxnet.runs import model_checkpoint
 
 FORMAT = "dkuxnet"
 FORMAT_VERSION = 1
@@ -110,8 +111,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> 
     """Read and check a checkpoint; raise :class:`CheckpointError` naming the problem."""
     path = Path(path)
     if path.is_dir():
-        candidates = [path / "best.pt", path / "last.pt"]
-        found = next((c for c in candidates if c.is_file()), None)
+        found = model_checkpoint(path)
         if found is None:
             raise CheckpointError(f"{path}: run folder has no best.pt or last.pt")
         path = found

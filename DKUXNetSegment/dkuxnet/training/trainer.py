@@ -35,7 +35,7 @@ from dkuxnet.config import TrainConfig
 from dkuxnet.data import Case, DatasetSplit, TwoStreamSampler
 from dkuxnet.device import autocast_dtype, resolve_device
 from dkuxnet.errors import CheckpointError, ConfigError, InputError, OutputExistsError
-from dkuxnet.events import EVENTS_FILE, EventWriter, read_events
+from dkuxnet.events import EventWriter
 from dkuxnet.jobs import clear_stale_stop_request
 from dkuxnet.losses import (
     affinity_sample,
@@ -46,6 +46,15 @@ from dkuxnet.losses import (
 )
 from dkuxnet.model import build_model
 from dkuxnet.preprocessing import resample_cases
+from dkuxnet.runs import (
+    BEST_CHECKPOINT,
+    CONFIG_FILE,
+    EVENTS_FILE,
+    LAST_CHECKPOINT,
+    STOP_REQUEST_FILE,
+    can_resume,
+    holds_a_run,
+)
 from dkuxnet.training.augment import strong_view
 from dkuxnet.training.checkpoint import (
     capture_rng_state,
@@ -68,14 +77,6 @@ from dkuxnet.training.schedules import lr_factor, sigmoid_rampup
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
-LAST = "last.pt"
-BEST = "best.pt"
-#: A file of this name in the run folder asks the trainer to stop after the current iteration
-#: (saving ``last.pt``). Polled every iteration; unlike a signal it reaches a training process
-#: on every platform (Windows GUI children get no console events). One left by an earlier run
-#: is removed when a run starts; one written for this run stops it (``clear_stale_stop_request``).
-STOP_FILE = "stop.request"
 #: Prefix of the gradient-norm probes (``training.grad_probe_every``) in an iteration event.
 GRAD_NORM = "grad_norm_"
 
@@ -193,15 +194,6 @@ def pseudo_label_cases(
     return out
 
 
-def _holds_a_run(run_dir: Path) -> bool:
-    """A checkpoint, or a session that got as far as ``started`` (an attempt that failed on
-    bad input before training began leaves only a ``finished`` event and may be retried)."""
-    if (run_dir / LAST).exists() or (run_dir / BEST).exists():
-        return True
-    events = run_dir / EVENTS_FILE
-    return events.exists() and any(e.get("event") == "started" for e in read_events(events))
-
-
 class Trainer:
     """Train one (supervised) or two (dual) networks into a run folder.
 
@@ -233,17 +225,16 @@ class Trainer:
         self.device = resolve_device(device)
         self._resume_record: dict[str, Any] | None = None
         if resume:
-            last = self.run_dir / LAST
-            if not last.is_file():
-                raise CheckpointError(f"{self.run_dir}: nothing to resume (no {LAST})")
-            self._resume_record = load_checkpoint(last)
+            if not can_resume(self.run_dir):
+                raise CheckpointError(f"{self.run_dir}: nothing to resume (no {LAST_CHECKPOINT})")
+            self._resume_record = load_checkpoint(self.run_dir / LAST_CHECKPOINT)
             saved: TrainConfig = self._resume_record["train_config"]
             if config.training.iterations != saved.training.iterations:
                 saved = saved.replace(
                     training=saved.training.replace(iterations=config.training.iterations)
                 )
             config = saved
-        elif _holds_a_run(self.run_dir):
+        elif holds_a_run(self.run_dir):
             raise OutputExistsError(
                 f"{self.run_dir} already holds a run; use --resume to continue it or choose "
                 "another --out folder"
@@ -323,7 +314,8 @@ class Trainer:
             lock.acquire()
             for stale in remove_stale_temporaries(self.run_dir):
                 log.info("removed %s, left by an interrupted checkpoint write", stale.name)
-            clear_stale_stop_request(self.run_dir / STOP_FILE)  # keeps a Cancel for this run
+            # keeps a Cancel for this run
+            clear_stale_stop_request(self.run_dir / STOP_REQUEST_FILE)
         events = EventWriter(self.run_dir / EVENTS_FILE, enabled=dist_info.is_main)
         restore_signals = self._install_signal_handlers()
         try:
@@ -626,8 +618,8 @@ class Trainer:
                     data_wait_s=data_wait_s,
                     **extra,
                 )
-            if dist_info.is_main and (self.run_dir / STOP_FILE).exists():
-                log.info("%s found: stopping after this iteration", STOP_FILE)
+            if dist_info.is_main and (self.run_dir / STOP_REQUEST_FILE).exists():
+                log.info("%s found: stopping after this iteration", STOP_REQUEST_FILE)
                 self.stop_event.set()
             stop = broadcast_flag(self.stop_event.is_set(), dist_info)
             if dist_info.is_main and (it % tcfg.val_every == 0 or it == total):
@@ -638,12 +630,26 @@ class Trainer:
                 events.emit("validation", iteration=it, best=improved, **metrics)
                 if improved:
                     path = self._save(
-                        BEST, networks, optimizer, scheduler, scaler, it, best_metric, metrics
+                        BEST_CHECKPOINT,
+                        networks,
+                        optimizer,
+                        scheduler,
+                        scaler,
+                        it,
+                        best_metric,
+                        metrics,
                     )
                     events.emit("checkpoint", iteration=it, path=str(path), kind="best")
             if dist_info.is_main and (it % tcfg.checkpoint_every == 0 or it == total or stop):
                 path = self._save(
-                    LAST, networks, optimizer, scheduler, scaler, it, best_metric, metrics
+                    LAST_CHECKPOINT,
+                    networks,
+                    optimizer,
+                    scheduler,
+                    scaler,
+                    it,
+                    best_metric,
+                    metrics,
                 )
                 events.emit("checkpoint", iteration=it, path=str(path), kind="last")
             barrier(dist_info)
