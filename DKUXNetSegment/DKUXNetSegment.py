@@ -34,12 +34,12 @@ from DKUXNetSegmentLib.supported import MINIMUM_SLICER, unsupported_reason
 
 SUPPORTED = unsupported_reason() is None
 if SUPPORTED:  # on an older Slicer the panel shows unsupported_reason() instead
+    from dkuxnet.device import DEVICE_CHOICES, DEVICE_LABELS
     from dkuxnet.errors import InputError
     from dkuxnet.jobs import JobState
     from dkuxnet.runs import can_resume
     from DKUXNetSegmentLib import slicer_bridge
     from DKUXNetSegmentLib.logic import (
-        DEVICES,
         MODEL_SOURCES,
         REQUIRED_PACKAGES,
         DKUXNetLogic,
@@ -120,6 +120,8 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = DKUXNetSegmentLogic()
+        for device in DEVICE_CHOICES:  # the device list lives in dkuxnet.device only
+            self.ui.deviceComboBox.addItem(DEVICE_LABELS[device])
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -261,7 +263,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._setModelPathBrowsing(params.model_source)
             self.ui.modelPathLineEdit.currentPath = params.model_path
             self.ui.modelPathLineEdit.enabled = params.model_source != "default"
-            self.ui.deviceComboBox.currentIndex = DEVICES.index(params.device)
+            self.ui.deviceComboBox.currentIndex = DEVICE_CHOICES.index(params.device)
             self.ui.ttaCheckBox.checked = params.tta
             self.ui.showUncertaintyCheckBox.checked = params.show_uncertainty
             self.ui.iterationsSpinBox.value = params.iterations
@@ -285,7 +287,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         params.output_segmentation = self.ui.outputSegmentationSelector.currentNode()
         params.model_source = MODEL_SOURCES[self.ui.modelSourceComboBox.currentIndex]
         params.model_path = self.ui.modelPathLineEdit.currentPath
-        params.device = DEVICES[self.ui.deviceComboBox.currentIndex]
+        params.device = DEVICE_CHOICES[self.ui.deviceComboBox.currentIndex]
         params.tta = self.ui.ttaCheckBox.checked
         params.show_uncertainty = self.ui.showUncertaintyCheckBox.checked
         params.iterations = self.ui.iterationsSpinBox.value

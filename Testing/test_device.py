@@ -67,3 +67,16 @@ def test_old_boolean_amp_settings_still_load() -> None:
     assert cfg.training.amp == "auto" and cfg.inference.amp == "off"
     with pytest.raises(ConfigError, match="training.amp"):
         TrainConfig.from_dict({"training": {"amp": "fp8"}})
+
+
+def test_the_device_list_has_one_home() -> None:
+    """Adding a device is an edit of dkuxnet/device.py: the panel fills its box from it."""
+    import xml.etree.ElementTree as ET
+    from pathlib import Path
+
+    from dkuxnet.device import DEVICE_CHOICES, DEVICE_LABELS
+
+    assert list(DEVICE_LABELS) == list(DEVICE_CHOICES)
+    ui = Path(__file__).resolve().parents[1] / "DKUXNetSegment/Resources/UI/DKUXNetSegment.ui"
+    box = ET.parse(ui).find(".//widget[@name='deviceComboBox']")
+    assert box is not None and box.findall("item") == []

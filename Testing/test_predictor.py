@@ -244,7 +244,7 @@ def test_network_choice(choice: str, expected: float) -> None:
 def test_network_choice_errors() -> None:
     with pytest.raises(ConfigError, match="single network"):
         Predictor([Constant(0.2)], tiny_config(), "cpu", networks_choice="b")
-    with pytest.raises(ConfigError, match="networks must be"):
+    with pytest.raises(ConfigError, match="inference.networks: must be one of"):
         Predictor([Constant(0.2)], tiny_config(), "cpu", networks_choice="c")
     single = Predictor([Constant(0.2)], tiny_config(), "cpu", networks_choice="both")
     np.testing.assert_allclose(single.predict_probabilities(np.zeros((4, 4, 4)))[1], 0.2, atol=1e-5)

@@ -33,13 +33,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dkuxnet.config import NETWORK_CHOICES
 from dkuxnet.data import Case, load_dataset
 from dkuxnet.inference import Predictor
 from dkuxnet.io import read_label, read_volume
 from dkuxnet.metrics import case_metrics
 from dkuxnet.preprocessing import resample_cases
 
-CHOICES = ("a", "b", "both")
 # Confidence thresholds tau the teaching signal is also counted at (0.5: every voxel for K = 2).
 TAUS = (0.5, 0.8, 0.9, 0.95, 0.99)
 
@@ -61,7 +61,7 @@ def score_members(run: Path, data_dir: Path) -> dict[str, float] | None:
     if predictors is None:
         return None
     cases = load_dataset(data_dir).test
-    dice: dict[str, list[float]] = {c: [] for c in (*CHOICES, "a_vs_b")}
+    dice: dict[str, list[float]] = {c: [] for c in (*NETWORK_CHOICES, "a_vs_b")}
     for case in cases:
         if case.label is None:
             raise SystemExit(f"{case.name}: the test list needs labels")

@@ -52,6 +52,7 @@ import numpy as np
 import slicer
 import vtk
 
+from dkuxnet.device import DEVICE_CHOICES
 from dkuxnet.errors import InputError
 from dkuxnet.events import EVENTS_FILE, read_events
 from dkuxnet.io import Volume, read_volume, write_volume
@@ -67,7 +68,6 @@ log = logging.getLogger(__name__)
 CommandFactory = Callable[[Sequence[str]], list[str]]
 
 MODEL_SOURCES = ("default", "run", "file")
-DEVICES = ("auto", "cpu", "cuda")
 # What the child processes import; the versions are the ones the extension is tested with.
 REQUIRED_PACKAGES: dict[str, str] = {
     "torch": "torch>=2.2",
@@ -325,8 +325,8 @@ class Parameters:
 
     @device.setter
     def device(self, value: str) -> None:
-        if value not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, got {value!r}")
+        if value not in DEVICE_CHOICES:
+            raise ValueError(f"device must be one of {DEVICE_CHOICES}, got {value!r}")
         self._set("Device", value)
 
     @property
@@ -1476,5 +1476,5 @@ def _estimate_key(
 
 
 def _check_device(device: str) -> None:
-    if device not in DEVICES:
-        raise InputError(f"device must be one of {DEVICES}, got {device!r}")
+    if device not in DEVICE_CHOICES:
+        raise InputError(f"device must be one of {DEVICE_CHOICES}, got {device!r}")

@@ -31,8 +31,9 @@ from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.rca_view import register_rca_factories
 from vtkmodules.vtkCommonCore import vtkObject
 
+from dkuxnet.device import DEVICE_CHOICES
 from dkuxnet.errors import DKUXNetError, InputError
-from DKUXNetSegmentLib.logic import DEVICES, DKUXNetLogic, Parameters
+from DKUXNetSegmentLib.logic import DKUXNetLogic, Parameters
 
 from .data_folder import RUNS, DataFolder
 from .session import PAGE_WORDS, WebSession, new_parameter_node
@@ -291,7 +292,7 @@ class DKUXNetWebApp(TrameApp):
             with html.Div(classes="d-flex align-center"):
                 v3.VSelect(
                     label="Device",
-                    items=("devices", list(DEVICES)),
+                    items=("devices", list(DEVICE_CHOICES)),
                     v_model=("device",),
                     density="compact",
                     hide_details=True,

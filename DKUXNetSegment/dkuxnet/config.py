@@ -31,6 +31,9 @@ PRESETS = ("paper", "lite", "unet")
 ARCHITECTURES = ("dual_kmax_uxnet", "unet")
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 PREDICTION_HEADS = ("cnn", "kmax", "mean")
+#: Which networks of a checkpoint predict: ``both`` (averaged; the one of a one-network model)
+#: or network ``a`` / ``b`` of a dual model alone.
+NETWORK_CHOICES = ("both", "a", "b")
 #: Per-voxel uncertainty measures of a prediction (see :mod:`dkuxnet.inference.predictor`).
 UNCERTAINTY_CHOICES = ("auto", "disagreement", "entropy", "flip-variance")
 
@@ -528,7 +531,7 @@ class InferenceConfig(_Section):
             raise _fail(s, "overlap", f"must be in [0, 1), got {self.overlap}")
         _check_positive(s, "sw_batch_size", self.sw_batch_size)
         _check_choice(s, "blend", self.blend, ("gaussian", "constant"))
-        _check_choice(s, "networks", self.networks, ("both", "a", "b"))
+        _check_choice(s, "networks", self.networks, NETWORK_CHOICES)
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,27 @@
-"""Choosing the torch device, and its mixed precision, once from the user's settings."""
+"""Choosing the torch device, and its mixed precision, once from the user's settings.
+
+The devices a user can choose, and what the front ends call them, are listed here and nowhere
+else: the commands, the Slicer panel and the web page read :data:`DEVICE_CHOICES`. Torch is
+imported when a device is resolved, not with this module, so that they can.
+"""
 
 from __future__ import annotations
 
 import functools
 import os
 import sys
-
-import torch
+from typing import TYPE_CHECKING
 
 from dkuxnet.config import AMP_CHOICES
 from dkuxnet.errors import ConfigError
 
+if TYPE_CHECKING:
+    import torch
+
+#: The device settings a user chooses from (:func:`resolve_device` also takes ``cuda:N``).
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+#: What a panel shows for each of :data:`DEVICE_CHOICES`.
+DEVICE_LABELS: dict[str, str] = {"auto": "Auto", "cpu": "CPU", "cuda": "GPU (CUDA)"}
 #: Set to 0 or 1 to override the CPU bf16 detection (for machines it gets wrong).
 CPU_BF16_ENV = "DKUXNET_CPU_BF16"
 
@@ -24,6 +34,8 @@ def cpu_has_native_bf16() -> bool:
     than fp32; so ``auto`` only picks bf16 when the instructions are there. Read from
     ``/proc/cpuinfo`` (Linux); elsewhere ``False`` unless ``DKUXNET_CPU_BF16=1``.
     """
+    import torch
+
     forced = os.environ.get(CPU_BF16_ENV, "").strip()
     if forced in ("0", "1"):
         return forced == "1"
@@ -48,6 +60,8 @@ def autocast_dtype(device: torch.device, setting: str = "auto") -> torch.dtype |
         ConfigError: an unknown setting, or ``fp16`` on a CPU (fp16 autocast there is slower
             than fp32 and loses range; use ``bf16``).
     """
+    import torch
+
     if setting not in AMP_CHOICES:
         raise ConfigError(f"unknown precision {setting!r}; choose one of {', '.join(AMP_CHOICES)}")
     if setting == "off":
@@ -79,6 +93,8 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         ConfigError: an unknown name, or CUDA asked for on a machine without a usable CUDA
             device (the message says what was found).
     """
+    import torch
+
     if isinstance(name, torch.device):
         name = str(name)
     text = str(name).strip().lower()

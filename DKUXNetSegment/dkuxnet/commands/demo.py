@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dkuxnet.device import DEVICE_CHOICES
+
 HELP = "make synthetic LA phantoms, fine-tune with the dual method, predict, evaluate, report"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_out", help="report folder (must be new or empty)")
     p.add_argument("--iterations", type=int, help="training iterations (default 120)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

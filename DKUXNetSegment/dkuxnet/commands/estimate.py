@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dkuxnet.config import PRESETS
+from dkuxnet.device import DEVICE_CHOICES
 from dkuxnet.errors import ConfigError
 from dkuxnet.reports import format_duration
 
@@ -32,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="JSON file with a full or partial TrainConfig")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--iterations", type=int, default=None, help="iterations to estimate for")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     p.add_argument("--repeats", type=int, default=2, help="timed iterations after a warm-up")
     p.add_argument("--json", action="store_true", help="print one JSON line (for front ends)")
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from dkuxnet.commands.predict import add_precision_argument
+from dkuxnet.commands.predict import add_device_argument, add_precision_argument
 from dkuxnet.errors import InputError, OutputExistsError
 from dkuxnet.reports import write_csv, write_json
 
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--predictions", help="folder of predicted label files")
     parser.add_argument("--labels", help="folder of reference label files (same case names)")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    add_device_argument(parser)
     parser.add_argument("--tta", action="store_true", default=None, help="flip test-time augm.")
     add_precision_argument(parser)
     parser.add_argument(

@@ -13,7 +13,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from dkuxnet.config import AMP_CHOICES, UNCERTAINTY_CHOICES
+from dkuxnet.config import AMP_CHOICES, NETWORK_CHOICES, UNCERTAINTY_CHOICES
+from dkuxnet.device import DEVICE_CHOICES
 from dkuxnet.errors import ConfigError, InputError, OutputExistsError
 
 HELP = "segment an image or a folder of images with a trained model (checkpoint or run folder)"
@@ -33,6 +34,14 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device``: one of :data:`~dkuxnet.device.DEVICE_CHOICES` or ``cuda:N``, shared by the
+    commands that predict (checked when the device is resolved)."""
+    parser.add_argument(
+        "--device", default="auto", help=f"{', '.join(DEVICE_CHOICES)} or cuda:N (default auto)"
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
@@ -44,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="label file for one image, or a folder (same file names) for a folder of images",
     )
-    parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    add_device_argument(parser)
     parser.add_argument(
         "--tta",
         action="store_true",
@@ -60,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--networks",
-        choices=("both", "a", "b"),
+        choices=NETWORK_CHOICES,
         default=None,
         help="average both networks of a dual model (default) or use one",
     )

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dkuxnet.commands.predict import add_precision_argument
+from dkuxnet.commands.predict import add_device_argument, add_precision_argument
 from dkuxnet.config import UNCERTAINTY_CHOICES
 from dkuxnet.errors import InputError, OutputExistsError
 
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "or a text file with one image path a line",
     )
     parser.add_argument("--output", help="also write the ranking as CSV to this file")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    add_device_argument(parser)
     parser.add_argument(
         "--tta",
         action="store_true",

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 from dkuxnet.config import PRESETS
+from dkuxnet.device import DEVICE_CHOICES
 from dkuxnet.errors import InputError
 from dkuxnet.run_config import RunRequest, apply_plan, build_config
 
@@ -35,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, help="training iterations (training.iterations)")
     p.add_argument("--init", help="start from this checkpoint's weights (fine-tuning)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--no-plan",

@@ -14,6 +14,8 @@ import logging
 from pathlib import Path
 from types import ModuleType
 
+from dkuxnet.device import DEVICE_CHOICES
+
 HELP = "serve a web page to load a volume, Segment it and Fine-tune the model (needs [web])"
 INSTALL_HINT = 'pip install -e ".[web]"'
 
@@ -35,9 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "segmentations and fine-tuning runs (default: the current folder)",
     )
     p.add_argument("--model", help="checkpoint Segment starts with (default: the bundled model)")
-    p.add_argument(
-        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto"
-    )
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="default: auto")
 
 
 def run(args: argparse.Namespace) -> int:

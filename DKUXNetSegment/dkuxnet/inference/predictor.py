@@ -79,7 +79,6 @@ log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
 
-NETWORK_CHOICES: tuple[str, ...] = ("both", "a", "b")
 #: What each measure is, for tables and logs (the maps carry no unit).
 UNCERTAINTY_DESCRIPTIONS: dict[str, str] = {
     "disagreement": "disagreement of networks A and B, |pA - pB| of the foreground probability",
@@ -266,29 +265,27 @@ class Predictor:
                 f"model.in_channels is {config.model.in_channels}; prediction supports "
                 "single-channel images only"
             )
-        inference = config.inference
-        choice = inference.networks if networks_choice is None else networks_choice
-        if choice not in NETWORK_CHOICES:
-            raise ConfigError(
-                f"networks must be one of {', '.join(NETWORK_CHOICES)}, got {choice!r}"
-            )
+        overrides = {
+            "tta": None if tta is None else bool(tta),
+            "networks": networks_choice,
+            "largest_component": None if largest_component is None else bool(largest_component),
+            "sw_batch_size": sw_batch_size,
+            "amp": amp,
+        }
+        # the overrides are checked as the config checks its own values (InferenceConfig)
+        inference = config.inference.replace(
+            **{name: value for name, value in overrides.items() if value is not None}
+        )
+        choice = inference.networks
         if choice == "b" and len(networks) < 2:
             raise ConfigError("networks 'b' asked for, but this model has a single network")
         self.config = config
         self.device = resolve_device(device)
-        self.tta = inference.tta if tta is None else bool(tta)
+        self.tta = inference.tta
         self.networks_choice = choice
-        self.largest_component = (
-            inference.largest_component if largest_component is None else bool(largest_component)
-        )
-        self.sw_batch_size = inference.sw_batch_size if sw_batch_size is None else sw_batch_size
-        if self.sw_batch_size < 1:
-            raise ConfigError(f"sw_batch_size must be >= 1, got {self.sw_batch_size}")
-        if amp is None:
-            amp = inference.amp
-        if isinstance(amp, bool):
-            amp = "auto" if amp else "off"
-        self.amp_dtype = autocast_dtype(self.device, amp)
+        self.largest_component = inference.largest_component
+        self.sw_batch_size = inference.sw_batch_size
+        self.amp_dtype = autocast_dtype(self.device, str(inference.amp))
         self.num_classes = config.model.out_channels
         #: smallest and largest foreground volume (ml) of the training labels, when the
         #: checkpoint records them (:func:`dkuxnet.inference.roi.volume_warning`)
