@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_trainer import tiny_config
+from test_trainer import STRONG, record_recipe, tiny_config
 
 from dkuxnet.data import Case, load_dataset
 from dkuxnet.errors import ConfigError
@@ -124,9 +124,9 @@ def test_estimate_times_the_pseudo_step(dataset: Path, start_model: Path, tmp_pa
     seen: list[int] = []
     original = trainer._step
 
-    def spy(models, optimizer, scaler, batch, iteration, amp_dtype):  # type: ignore[no-untyped-def]
+    def spy(state, batch, iteration):  # type: ignore[no-untyped-def]
         seen.append(batch["pseudo_image"].shape[0])
-        return original(models, optimizer, scaler, batch, iteration, amp_dtype)
+        return original(state, batch, iteration)
 
     trainer._step = spy  # type: ignore[method-assign]
     assert trainer.time_iterations(repeats=1) > 0
@@ -142,3 +142,21 @@ def test_tta_labels_are_the_flip_averaged_prediction(
     image = read_volume(cases[0].image).array
     expected = Predictor.from_checkpoint(start_model, device="cpu", tta=True).predict_label(image)
     np.testing.assert_array_equal(read_volume(out[0].label, what="label").array, expected)
+
+
+def test_estimate_and_run_build_the_same_pseudo_recipe(
+    dataset: Path, start_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Estimate times the batch a pseudo run trains on: the pseudo_image / pseudo_label
+    stream, perturbed by the configured strong_* recipe."""
+    cfg = tiny_config(mode="pseudo", iterations=1, pseudo_tta=False, **STRONG)
+    views, batches = record_recipe(monkeypatch)
+    data = load_dataset(dataset)
+    Trainer(cfg, data, tmp_path / "run", device="cpu", init=start_model).run()
+    trained = (set(views), batches[0])
+    views.clear()
+    batches.clear()
+    Trainer(cfg, data, tmp_path / "estimate", device="cpu", init=start_model).time_iterations(1)
+    assert (set(views), batches[0]) == trained
+    assert {"pseudo_image", "pseudo_label"} <= set(trained[1])
+    assert trained[0] == {tuple(STRONG.values())}

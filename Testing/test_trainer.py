@@ -40,6 +40,39 @@ def tiny_config(**training: object) -> TrainConfig:
     )
 
 
+#: strong_* values other than the defaults (what an estimate used to ignore)
+STRONG = {
+    "strong_noise_std": 0.05,
+    "strong_gamma": 0.2,
+    "strong_blur_sigma": 0.5,
+    "strong_bias_coeff": 0.1,
+}
+
+
+def record_recipe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[list[tuple[float, ...]], list[dict[str, tuple[tuple[int, ...], torch.dtype]]]]:
+    """Spy on what the trainer's steps see: the parameters of every strong view it makes, and
+    the layout (key -> shape, dtype) of every batch its step gets."""
+    from dkuxnet.training import trainer as trainer_module
+
+    views: list[tuple[float, ...]] = []
+    batches: list[dict[str, tuple[tuple[int, ...], torch.dtype]]] = []
+    strong_view, step = trainer_module.strong_view, Trainer._step
+
+    def view(images, generator, *params):  # type: ignore[no-untyped-def]
+        views.append(params)
+        return strong_view(images, generator, *params)
+
+    def spy(self, state, batch, iteration):  # type: ignore[no-untyped-def]
+        batches.append({k: (tuple(v.shape), v.dtype) for k, v in batch.items()})
+        return step(self, state, batch, iteration)
+
+    monkeypatch.setattr(trainer_module, "strong_view", view)
+    monkeypatch.setattr(Trainer, "_step", spy)
+    return views, batches
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
@@ -428,3 +461,25 @@ def test_architecture_b_is_checked_and_only_changes_network_b() -> None:
     mixed = lite.replace(architecture_b="unet")
     assert mixed.for_network(0) is mixed
     assert mixed.for_network(1) == lite.replace(architecture="unet")
+
+
+@pytest.mark.parametrize(
+    "training",
+    [{"mode": "dual"}, {"mode": "supervised", "supervised_view": "strong"}],
+    ids=["dual", "supervised-strong"],
+)
+def test_estimate_and_run_build_the_same_recipe(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, training: dict
+) -> None:
+    """time_iterations (Estimate time) and a run share one set-up: the same batch layout and
+    the configured strong_* perturbation (the estimate used strong_view's own defaults)."""
+    cfg = tiny_config(iterations=1, **STRONG, **training)
+    views, batches = record_recipe(monkeypatch)
+    data = load_dataset(dataset)
+    Trainer(cfg, data, tmp_path / "run", device="cpu").run()
+    trained = (set(views), batches[0])
+    views.clear()
+    batches.clear()
+    Trainer(cfg, data, tmp_path / "estimate", device="cpu").time_iterations(repeats=1)
+    assert (set(views), batches[0]) == trained
+    assert trained[0] == {tuple(STRONG.values())}

@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,34 @@ class ValidationCase:
     name: str
     image: np.ndarray  # (z, y, x) raw intensities
     label: np.ndarray  # (z, y, x) uint8
+
+
+@dataclass
+class TrainingState:
+    """What the iterations of a run share, built once by :meth:`Trainer._setup` (a run and
+    :meth:`Trainer.time_iterations` alike).
+
+    Attributes:
+        networks: network A (and B in dual mode) on the trainer's device.
+        models: what the forward passes call: the networks, DDP-wrapped in a distributed run.
+        optimizer: over the parameters of every network.
+        scheduler: the learning-rate schedule (``training.schedule``).
+        scaler: loss scaling, enabled for fp16 only (bf16 has fp32's range).
+        amp_dtype: the autocast dtype, ``None`` for fp32.
+        iteration: iterations done (a resumed run's count, else 0).
+        best_metric: the best validation mean Dice so far, ``None`` before the first.
+        metrics: the last validation's metrics (saved in every checkpoint).
+    """
+
+    networks: list[nn.Module]
+    models: list[nn.Module]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    iteration: int = 0
+    best_metric: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 def split_validation(data: DatasetSplit, fraction: float) -> tuple[list[Case], list[Case], str]:
@@ -370,38 +398,8 @@ class Trainer:
             unlabeled_cases = resample_cases(unlabeled_cases, cfg.data.target_spacing, cache)
         if self.pseudo and unlabeled_cases:
             unlabeled_cases = self._pseudo_labels(unlabeled_cases, dist_info, events)
-        networks = self._build_networks()
-        for net in networks:
-            net.to(self.device)  # keeps the channels-last layout build_model chose
-        optimizer = self._optimizer(networks)
-        total = tcfg.iterations
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda it: lr_factor(it, total, tcfg.schedule, tcfg.warmup_iterations)
-        )
-        amp_dtype = autocast_dtype(self.device, str(tcfg.amp))
-        # loss scaling only for fp16 (bf16 has fp32's range)
-        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-        start: int = 0
-        best_metric: float | None = None
-        metrics: dict[str, Any] = {}
-        if self._resume_record is not None:
-            rec = self._resume_record
-            for net, state in zip(networks, rec["networks"], strict=True):
-                net.load_state_dict(state)
-            optimizer.load_state_dict(rec["optimizer"])
-            scheduler.load_state_dict(rec["scheduler"])
-            if rec.get("scaler"):
-                scaler.load_state_dict(rec["scaler"])
-            start = int(rec["iteration"])
-            best_metric = rec.get("best_metric")
-            metrics = rec.get("metrics") or {}
-            restore_rng_state(rec["rng"])
-        models: list[nn.Module] = list(networks)
-        if dist_info.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            models = [DDP(net, device_ids=ids) for net in networks]
+        state = self._setup(dist_info)
+        total, start = tcfg.iterations, state.iteration
         sampler = TwoStreamSampler(
             train_cases,
             unlabeled_cases,
@@ -436,7 +434,7 @@ class Trainer:
             job="train",
             total=total,
             device=str(self.device),
-            precision=str(amp_dtype).removeprefix("torch.") if amp_dtype else "float32",
+            precision=str(state.amp_dtype).removeprefix("torch.") if state.amp_dtype else "float32",
             mode=tcfg.mode,
             resumed_from=start,
             world_size=dist_info.world_size,
@@ -449,13 +447,45 @@ class Trainer:
             lambda i: self._prepare_batch(sampler, i), start, total, depth=cfg.data.prefetch
         )
         try:
-            status = self._loop(
-                models, networks, optimizer, scheduler, scaler, amp_dtype, prefetch,
-                validation, best_metric, metrics, start, dist_info, events,
-            )  # fmt: skip
+            status = self._loop(state, prefetch, validation, dist_info, events)
         finally:
             prefetch.close()
         return status
+
+    def _setup(self, dist_info: DistInfo | None = None) -> TrainingState:
+        """Networks, optimizer, schedule and precision of this recipe, restored from the resume
+        checkpoint if there is one, and DDP-wrapped in a distributed run (``dist_info``)."""
+        tcfg = self.config.training
+        networks = self._build_networks()
+        for net in networks:
+            net.to(self.device)  # keeps the channels-last layout build_model chose
+        optimizer = self._optimizer(networks)
+        total = tcfg.iterations
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda it: lr_factor(it, total, tcfg.schedule, tcfg.warmup_iterations)
+        )
+        amp_dtype = autocast_dtype(self.device, str(tcfg.amp))
+        # loss scaling only for fp16 (bf16 has fp32's range)
+        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        state = TrainingState(networks, list(networks), optimizer, scheduler, scaler, amp_dtype)
+        if self._resume_record is not None:
+            rec = self._resume_record
+            for net, saved in zip(networks, rec["networks"], strict=True):
+                net.load_state_dict(saved)
+            optimizer.load_state_dict(rec["optimizer"])
+            scheduler.load_state_dict(rec["scheduler"])
+            if rec.get("scaler"):
+                scaler.load_state_dict(rec["scaler"])
+            state.iteration = int(rec["iteration"])
+            state.best_metric = rec.get("best_metric")
+            state.metrics = rec.get("metrics") or {}
+            restore_rng_state(rec["rng"])
+        if dist_info is not None and dist_info.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            state.models = [DDP(net, device_ids=ids) for net in networks]
+        return state
 
     def _pseudo_labels(
         self, cases: list[Case], dist_info: DistInfo, events: EventWriter
@@ -498,54 +528,72 @@ class Trainer:
         """Median wall-clock seconds of one training iteration of this recipe on this machine.
 
         Runs ``repeats + 1`` real iterations (the first is a warm-up and not counted) on random
-        patches of the configured size and batch, with the networks, optimizer and precision a
-        run would use; nothing is written. What the Fine-tune estimate is made from.
+        patches of the configured size and batch, with the set-up of a run (:meth:`_setup`:
+        networks, optimizer, schedule, precision) and its batch composition
+        (:meth:`_compose_batch`: the strong views, the pseudo-labeled stream); nothing is
+        written. What the Fine-tune estimate is made from.
         """
         import statistics
 
-        cfg, tcfg = self.config, self.config.training
-        networks = self._build_networks()
-        for net in networks:
-            net.to(self.device)
-        optimizer = self._optimizer(networks)
-        amp_dtype = autocast_dtype(self.device, str(tcfg.amp))
-        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-        gen = torch.Generator().manual_seed(0)
-        shape = (1, *cfg.data.patch_size)
-        n_lab = cfg.data.labeled_batch
-        n_unl = cfg.data.unlabeled_batch if self.dual or self.pseudo else 0
+        data = self.config.data
+        state = self._setup()
+        generator = torch.Generator().manual_seed(0)
+        # the sampler's batches: unlabeled patches in dual mode; in pseudo mode a labeled
+        # stream of pseudo-labeled patches of its own (see _run)
+        n_unlabeled = data.unlabeled_batch if self.dual else 0
+        n_pseudo = data.unlabeled_batch if self.pseudo else 0
         times = []
         for it in range(repeats + 1):
-            labels = (torch.rand(n_lab, *shape, generator=gen) > 0.8).long()
-            batch = {
-                "labeled_image": torch.randn(n_lab, *shape, generator=gen),
-                "labeled_label": labels,
-                "unlabeled_image": torch.randn(n_unl, *shape, generator=gen),
-            }
-            if self.dual:
-                weak = torch.cat([batch["labeled_image"], batch["unlabeled_image"]])
-                batch["weak"] = weak
-                batch["strong"] = strong_view(weak, gen)
-            elif self.pseudo and n_unl:
-                batch["pseudo_image"] = strong_view(batch.pop("unlabeled_image"), gen)
-                batch["pseudo_label"] = (torch.rand(n_unl, *shape, generator=gen) > 0.8).long()
+            patches = self._random_patches(generator, data.labeled_batch, n_unlabeled)
+            pseudo = self._random_patches(generator, n_pseudo, 0) if n_pseudo else None
+            batch = self._compose_batch(patches, pseudo, it)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             start = time.perf_counter()
-            self._step(networks, optimizer, scaler, batch, it, amp_dtype)
+            self._step(state, batch, it)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             if it > 0:
                 times.append(time.perf_counter() - start)
         return float(statistics.median(times))
 
+    def _random_patches(
+        self, generator: torch.Generator, labeled: int, unlabeled: int
+    ) -> dict[str, torch.Tensor]:
+        """Random patches in the form of :meth:`TwoStreamSampler.batch` (for the estimate)."""
+        shape = (1, *self.config.data.patch_size)
+        return {
+            "labeled_image": torch.randn(labeled, *shape, generator=generator),
+            "labeled_label": (torch.rand(labeled, *shape, generator=generator) > 0.8).long(),
+            "unlabeled_image": torch.randn(unlabeled, *shape, generator=generator),
+            "labeled_index": torch.arange(labeled),
+            "unlabeled_index": torch.arange(unlabeled),
+        }
+
     def _prepare_batch(self, sampler: TwoStreamSampler, iteration: int) -> dict[str, torch.Tensor]:
-        """The patches of ``iteration`` and, in dual mode, network A's strong view of them
-        (``weak`` = labeled then unlabeled patches, ``strong`` = their perturbed copy); in
-        supervised mode with ``supervised_view="strong"`` the labeled patches are replaced by
-        that perturbation."""
+        """The batch of ``iteration``: the sampler's patches (and the pseudo-labeled stream's)
+        as :meth:`_compose_batch` makes them into what :meth:`_step` takes."""
+        pseudo = None
+        if self._pseudo_sampler is not None:
+            pseudo = self._pseudo_sampler.batch(iteration)
+        return self._compose_batch(sampler.batch(iteration), pseudo, iteration)
+
+    def _compose_batch(
+        self,
+        batch: dict[str, torch.Tensor],
+        pseudo: dict[str, torch.Tensor] | None,
+        iteration: int,
+    ) -> dict[str, torch.Tensor]:
+        """Add the views the step needs to the sampled ``batch`` (changed in place).
+
+        In dual mode network A's strong view of the patches (``weak`` = labeled then unlabeled
+        patches, ``strong`` = their perturbed copy); in supervised mode with
+        ``supervised_view="strong"`` the labeled patches are replaced by that perturbation; in
+        pseudo mode ``pseudo_image`` / ``pseudo_label`` from the ``pseudo`` stream's labeled
+        patches (perturbed with ``pseudo_view="strong"``). The perturbation is the configured
+        ``strong_*`` recipe, seeded by ``(seed, iteration)``.
+        """
         tcfg = self.config.training
-        batch = sampler.batch(iteration)
         gen = torch.Generator().manual_seed(tcfg.seed * 1_000_003 + iteration)
 
         def strong(images: torch.Tensor) -> torch.Tensor:
@@ -565,26 +613,17 @@ class Trainer:
             return batch
         if tcfg.supervised_view == "strong":
             batch["labeled_image"] = strong(batch["labeled_image"])
-        if self._pseudo_sampler is not None:
-            extra = self._pseudo_sampler.batch(iteration)
-            images = extra["labeled_image"]
+        if pseudo is not None:
+            images = pseudo["labeled_image"]
             batch["pseudo_image"] = strong(images) if tcfg.pseudo_view == "strong" else images
-            batch["pseudo_label"] = extra["labeled_label"]
+            batch["pseudo_label"] = pseudo["labeled_label"]
         return batch
 
     def _loop(
         self,
-        models: Sequence[nn.Module],
-        networks: Sequence[nn.Module],
-        optimizer: torch.optim.Optimizer,
-        scheduler: Any,
-        scaler: torch.amp.GradScaler,
-        amp_dtype: torch.dtype | None,
+        state: TrainingState,
         prefetch: Prefetcher[dict[str, torch.Tensor]],
         validation: Sequence[ValidationCase],
-        best_metric: float | None,
-        metrics: dict[str, Any],
-        start: int,
         dist_info: DistInfo,
         events: EventWriter,
     ) -> str:
@@ -592,14 +631,14 @@ class Trainer:
         total = tcfg.iterations
         status = "completed"
         t_last = time.perf_counter()
-        it = start
-        while it < total:
+        while state.iteration < total:
+            it = state.iteration
             wait_before = prefetch.wait_s
             batch = prefetch.get(it)
             data_wait_s = prefetch.wait_s - wait_before
-            losses = self._step(models, optimizer, scaler, batch, it, amp_dtype)
-            scheduler.step()
-            it += 1
+            losses = self._step(state, batch, it)
+            state.scheduler.step()
+            it = state.iteration = it + 1
             now = time.perf_counter()
             it_per_s = 1.0 / max(now - t_last, 1e-9)
             t_last = now
@@ -612,7 +651,7 @@ class Trainer:
                     iteration=it,
                     total=total,
                     losses=losses,
-                    lr=optimizer.param_groups[0]["lr"],
+                    lr=state.optimizer.param_groups[0]["lr"],
                     it_per_s=it_per_s,
                     eta_s=(total - it) / max(it_per_s, 1e-9),
                     data_wait_s=data_wait_s,
@@ -623,34 +662,17 @@ class Trainer:
                 self.stop_event.set()
             stop = broadcast_flag(self.stop_event.is_set(), dist_info)
             if dist_info.is_main and (it % tcfg.val_every == 0 or it == total):
-                metrics = self._validate(networks, validation, it)
-                improved = best_metric is None or metrics["mean_dice"] > best_metric
+                state.metrics = self._validate(state.networks, validation, it)
+                mean_dice = state.metrics["mean_dice"]
+                improved = state.best_metric is None or mean_dice > state.best_metric
                 if improved:
-                    best_metric = metrics["mean_dice"]
-                events.emit("validation", iteration=it, best=improved, **metrics)
+                    state.best_metric = mean_dice
+                events.emit("validation", iteration=it, best=improved, **state.metrics)
                 if improved:
-                    path = self._save(
-                        BEST_CHECKPOINT,
-                        networks,
-                        optimizer,
-                        scheduler,
-                        scaler,
-                        it,
-                        best_metric,
-                        metrics,
-                    )
+                    path = self._save(BEST_CHECKPOINT, state)
                     events.emit("checkpoint", iteration=it, path=str(path), kind="best")
             if dist_info.is_main and (it % tcfg.checkpoint_every == 0 or it == total or stop):
-                path = self._save(
-                    LAST_CHECKPOINT,
-                    networks,
-                    optimizer,
-                    scheduler,
-                    scaler,
-                    it,
-                    best_metric,
-                    metrics,
-                )
+                path = self._save(LAST_CHECKPOINT, state)
                 events.emit("checkpoint", iteration=it, path=str(path), kind="last")
             barrier(dist_info)
             if stop and it < total:
@@ -659,15 +681,12 @@ class Trainer:
         return status
 
     def _step(
-        self,
-        models: Sequence[nn.Module],
-        optimizer: torch.optim.Optimizer,
-        scaler: torch.amp.GradScaler,
-        batch: dict[str, torch.Tensor],
-        iteration: int,
-        amp_dtype: torch.dtype | None,
+        self, state: TrainingState, batch: dict[str, torch.Tensor], iteration: int
     ) -> dict[str, float]:
+        """One optimizer step on ``batch`` (what :meth:`_compose_batch` made); the losses."""
         tcfg = self.config.training
+        models, optimizer, scaler = state.models, state.optimizer, state.scaler
+        amp_dtype = state.amp_dtype
         for m in models:
             m.train()
         dev = self.device
@@ -789,30 +808,20 @@ class Trainer:
         )
         return {"dice": dice, "mean_dice": mean}
 
-    def _save(
-        self,
-        name: str,
-        networks: Sequence[nn.Module],
-        optimizer: torch.optim.Optimizer,
-        scheduler: Any,
-        scaler: torch.amp.GradScaler,
-        iteration: int,
-        best_metric: float | None,
-        metrics: dict[str, Any],
-    ) -> Path:
+    def _save(self, name: str, state: TrainingState) -> Path:
         payload = {
             "kind": name.removesuffix(".pt"),
             "config": self.config.to_dict(),
             "networks": [
-                {k: v.detach().cpu() for k, v in n.state_dict().items()} for n in networks
+                {k: v.detach().cpu() for k, v in n.state_dict().items()} for n in state.networks
             ],
-            "iteration": iteration,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "iteration": state.iteration,
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict(),
+            "scaler": state.scaler.state_dict() if state.scaler.is_enabled() else None,
             "rng": capture_rng_state(),
-            "best_metric": best_metric,
-            "metrics": metrics,
+            "best_metric": state.best_metric,
+            "metrics": state.metrics,
             "label_volume_ml": self._label_volume_ml,
         }
         return save_checkpoint(payload, self.run_dir / name)
