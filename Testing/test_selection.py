@@ -22,6 +22,7 @@ from dkuxnet.events import read_events
 from dkuxnet.synthetic import write_synthetic_dataset
 from dkuxnet.training import Trainer
 from dkuxnet.training.checkpoint import load_checkpoint
+from dkuxnet.training.trainer import TrainingState
 
 
 def _config(iterations: int) -> TrainConfig:
@@ -58,14 +59,12 @@ def _scripted(trainer: Trainer, dice: Sequence[float], snapshots: Snapshots) -> 
     """
     values = iter(dice)
 
-    def step(
-        models: Sequence[torch.nn.Module], optimizer: torch.optim.Optimizer, *args: Any
-    ) -> dict[str, float]:
+    def step(state: TrainingState, *args: Any) -> dict[str, float]:
         with torch.no_grad():
-            for model in models:
+            for model in state.models:
                 for p in model.parameters():
                     p.add_(0.01)
-        optimizer.step()  # no gradients: changes nothing, but the scheduler expects it first
+        state.optimizer.step()  # no gradients: changes nothing, but the scheduler expects it
         return {"total": 1.0}
 
     def validate(networks: Sequence[torch.nn.Module], cases: Any, iteration: int) -> dict:
