@@ -581,5 +581,7 @@ def test_the_self_test_phantom_with_the_bundled_model(scene, tmp_path) -> None:
     predicted = bridge.export_segment(seg, seg_id, volume_node)
     assert predicted.same_geometry(image), predicted.geometry_differences(image)
     segment, truth = predicted.array > 0, label.array > 0
-    assert segment.sum() > 0
-    assert np.logical_and(segment, truth).sum() / segment.sum() > 0.9  # INSIDE_FLOOR
+    inside = np.logical_and(segment, truth).sum()
+    assert inside / max(segment.sum(), 1) > 0.9  # INSIDE_FLOOR
+    # and not a token few voxels: recall measured 0.098 (236 of 2,401 voxels), floor half that
+    assert inside / truth.sum() > 0.05, (inside, segment.sum(), truth.sum())
