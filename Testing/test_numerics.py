@@ -279,6 +279,7 @@ def test_supervised_loss_without_aux_heads() -> None:
         (4, 100, "poly", 10, 0.5 * 0.96**0.9),
         (30, 100, "cosine", 10, 0.5 * (1 + math.cos(0.3 * math.pi))),
         (3, 0, "poly", 0, 0.0),  # no iterations: over at once, no division by zero
+        (1, 1, "poly", 0, 0.0),  # one iteration: the end after it
     ],
 )
 def test_lr_factor_against_the_formulas(
@@ -304,6 +305,9 @@ def test_lr_factor_unknown_schedule() -> None:
         (-5, 100, 1.0, math.exp(-5.0)),  # before the start: as at 0
         (10, 0, 0.7, 0.7),  # no ramp-up
         (10, -1, 0.7, 0.7),
+        (-3, 0, 0.7, 0.7),  # no ramp-up, even before the start (no division by zero)
+        (0, 1, 1.0, math.exp(-5.0)),  # a one-iteration ramp-up still starts low
+        (0, 0.5, 2.0, 2.0 * math.exp(-5.0)),
     ],
 )
 def test_sigmoid_rampup_against_the_formula(
