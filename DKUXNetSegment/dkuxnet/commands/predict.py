@@ -91,8 +91,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--roi",
         metavar="R1,A1,S1,R2,A2,S2",
         help="segment only inside this box: two opposite corners in RAS millimetres (as 3D "
-        "Slicer and ITK-SNAP show them); elsewhere the label is 0. Use it when the scan shows "
-        "more than the heart (write --roi=-10,... when the first number is negative)",
+        "Slicer and ITK-SNAP show them) of a box aligned to the RAS axes, or 24 numbers, the "
+        "eight corners R,A,S of a box in any orientation (a rotated box on an oblique scan is "
+        "then cropped tightly); elsewhere the label is 0. Use it when the scan shows more than "
+        "the heart (write --roi=-10,... when the first number is negative)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--events", help="append progress events (JSON lines) to this file")
@@ -258,10 +260,10 @@ def _predict_all(args: argparse.Namespace, emit: Any) -> None:
 
     from dkuxnet.inference import Predictor
     from dkuxnet.inference.predictor import UNCERTAINTY_DESCRIPTIONS
-    from dkuxnet.inference.roi import box_from_ras, parse_ras_box, volume_warning
+    from dkuxnet.inference.roi import box_from_corners, parse_roi, volume_warning
     from dkuxnet.io import read_volume, write_volume
 
-    roi = parse_ras_box(args.roi) if args.roi else None  # a malformed box fails before any work
+    roi = parse_roi(args.roi) if args.roi else None  # a malformed box fails before any work
     uncertainty_path = Path(args.uncertainty) if args.uncertainty else None
     jobs = plan_jobs(Path(args.input), Path(args.output), args.probabilities, uncertainty_path)
     check_outputs(jobs, args.overwrite)
@@ -291,7 +293,7 @@ def _predict_all(args: argparse.Namespace, emit: Any) -> None:
     for job in cases:
         emit("progress", stage="reading", done=0, total=1, case=job.case)
         volume = read_volume(job.image)
-        box = None if roi is None else box_from_ras(volume, *roi)
+        box = None if roi is None else box_from_corners(volume, roi)
         emit("progress", stage="reading", done=1, total=1, case=job.case)
         with tqdm(desc=job.case, unit="window", leave=False, disable=None, file=sys.stderr) as bar:
 
