@@ -260,7 +260,12 @@ def _predict_all(args: argparse.Namespace, emit: Any) -> None:
 
     from dkuxnet.inference import Predictor
     from dkuxnet.inference.predictor import UNCERTAINTY_DESCRIPTIONS
-    from dkuxnet.inference.roi import box_from_corners, parse_roi, volume_warning
+    from dkuxnet.inference.roi import (
+        box_from_corners,
+        constant_image_warning,
+        parse_roi,
+        volume_warning,
+    )
     from dkuxnet.io import read_volume, write_volume
 
     roi = parse_roi(args.roi) if args.roi else None  # a malformed box fails before any work
@@ -305,9 +310,10 @@ def _predict_all(args: argparse.Namespace, emit: Any) -> None:
             result = predictor.predict_volume(
                 volume, progress, probabilities=args.probabilities, roi=box
             )
-        warning = volume_warning(
-            result.label, predictor.label_volume_ml, f"{job.case}'s segmentation"
-        )
+        where = f"{job.case}'s image" + ("" if box is None else " inside the region of interest")
+        warning = constant_image_warning(
+            volume.array if box is None else volume.array[box], where
+        ) or volume_warning(result.label, predictor.label_volume_ml, f"{job.case}'s segmentation")
         if warning is not None:
             log.warning("%s", warning)
             emit("warning", case=job.case, message=warning)

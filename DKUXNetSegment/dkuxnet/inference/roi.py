@@ -14,6 +14,10 @@ against 91.3 % on the crops). Two things help a user there:
 * a **volume check** (:func:`volume_warning`): a prediction far larger (or smaller) than any
   left atrium in the model's training labels, or empty, is reported as a warning that says
   what to do, instead of being passed on silently.
+
+An image with one value everywhere (an empty or unreadable series) has nothing to segment at
+all: it gets an empty label and a warning that says so (:func:`constant_image_warning`), not a
+made-up atrium.
 """
 
 from __future__ import annotations
@@ -143,6 +147,19 @@ def box_from_corners(volume: Volume, corners_ras: np.ndarray) -> Box | None:
 def volume_ml(label: np.ndarray, spacing: Sequence[float]) -> float:
     """Foreground volume (every nonzero voxel) in millilitres."""
     return float(np.count_nonzero(label)) * float(np.prod(spacing)) / 1000.0
+
+
+def constant_image_warning(array: np.ndarray, what: str = "the image") -> str | None:
+    """A warning when every voxel of ``array`` has one value (nothing to segment), else
+    ``None``. The predictor then returns an empty label without running the networks."""
+    values = np.asarray(array)
+    if values.size == 0 or not np.isfinite(values.flat[0]) or np.any(values != values.flat[0]):
+        return None
+    return (
+        f"{what} is constant (every voxel is {values.flat[0]:g}): there is nothing to segment, "
+        "and the segmentation is empty. Check that the right scan was chosen and that it was "
+        "read completely (an empty or unreadable series gives a constant image)"
+    )
 
 
 def volume_warning(
