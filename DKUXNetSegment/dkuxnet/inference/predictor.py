@@ -230,7 +230,7 @@ def check_grid_size(
     )
 
 
-def _mm(values: Sequence[float]) -> str:
+def _mm(values: Sequence[float] | np.ndarray) -> str:
     return " x ".join(f"{float(v):.6g}" for v in values)
 
 

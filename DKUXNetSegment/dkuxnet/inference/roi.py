@@ -85,7 +85,9 @@ def parse_roi(text: str) -> np.ndarray:
     return aligned_corners(*parse_ras_box(text))
 
 
-def aligned_corners(corner_a: Sequence[float], corner_b: Sequence[float]) -> np.ndarray:
+def aligned_corners(
+    corner_a: Sequence[float] | np.ndarray, corner_b: Sequence[float] | np.ndarray
+) -> np.ndarray:
     """The eight corners ``(8, 3)`` of the box aligned to the axes with these opposite corners."""
     a, b = np.asarray(corner_a, np.float64), np.asarray(corner_b, np.float64)
     return np.array([[(a, b)[c][axis] for axis, c in enumerate(choice)]
