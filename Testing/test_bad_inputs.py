@@ -130,4 +130,5 @@ def test_predict_says_a_constant_image_has_nothing_to_segment(resampling_model, 
         "in's image is constant (every voxel is 0): there is nothing to segment"
         in (warning["message"])
     )
+    assert warning["check"] == "constant"
     assert events[-1]["status"] == "completed"

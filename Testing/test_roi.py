@@ -21,6 +21,7 @@ from dkuxnet.inference.roi import (
     box_from_ras,
     parse_ras_box,
     parse_roi,
+    volume_check,
     volume_ml,
     volume_warning,
 )
@@ -137,6 +138,23 @@ def test_volume_warning_names_the_problem_and_the_fix() -> None:
     assert "region of interest" in large
 
 
+def test_volume_check_names_what_the_warning_says_for_a_front_end() -> None:
+    """The ``check`` of predict's warning event: the panel offers a box on ``too_large``."""
+    label = np.zeros((10, 10, 10), np.uint8)
+    volume = Volume(label, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+    assert volume_check(volume, None) == "empty" == volume_check(volume, (50.0, 150.0))
+    label[:5, :5, :5] = 1  # 1 ml
+    assert volume_check(volume, None) is None
+    assert volume_check(volume, (0.1, 0.5)) is None  # exactly twice the largest: still plausible
+    assert volume_check(volume, (0.1, 0.499)) == "too_large"
+    assert volume_check(volume, (4.0, 9.0)) is None  # exactly a quarter of the smallest
+    assert volume_check(volume, (4.01, 9.0)) == "too_small"
+    for expected in (None, (0.1, 0.499), (4.01, 9.0), (0.5, 1.5)):
+        assert (volume_check(volume, expected) is None) == (
+            volume_warning(volume, expected) is None
+        )
+
+
 def test_trainer_range_reaches_the_exported_model(tmp_path: Path) -> None:
     record = {"config": oracle_config().to_dict(), "networks": [{}], "label_volume_ml": [3.0, 9.5]}
     path = export_model(record, tmp_path / "model.pt")
@@ -171,6 +189,7 @@ def test_predict_cli_roi_and_warning_events(tmp_path: Path) -> None:
     warnings = [e for e in recorded if e["event"] == "warning"]
     assert len(warnings) == 1 and warnings[0]["case"] == "in"
     assert ("empty" in warnings[0]["message"]) == (pred.array.sum() == 0)
+    assert warnings[0]["check"] == ("empty" if pred.array.sum() == 0 else "too_large")
     assert recorded[-1]["status"] == "completed"
     # a box beside the image: refused before any output is written, the reason recorded
     far = ",".join(str(v) for v in (500, 500, 500, 600, 600, 600))

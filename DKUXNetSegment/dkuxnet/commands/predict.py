@@ -264,6 +264,7 @@ def _predict_all(args: argparse.Namespace, emit: Any) -> None:
         box_from_corners,
         constant_image_warning,
         parse_roi,
+        volume_check,
         volume_warning,
     )
     from dkuxnet.io import read_volume, write_volume
@@ -282,6 +283,7 @@ def _predict_all(args: argparse.Namespace, emit: Any) -> None:
         "uncertainty": args.uncertainty_measure if uncertainty_path else None,
     }
     predictor = Predictor.from_checkpoint(model, args.device, **overrides)
+    expected = predictor.label_volume_ml  # the training labels' volume range, for the check
     if predictor.uncertainty is not None:
         log.info("uncertainty map: %s", UNCERTAINTY_DESCRIPTIONS.get(predictor.uncertainty, "?"))
     emit(
@@ -311,12 +313,13 @@ def _predict_all(args: argparse.Namespace, emit: Any) -> None:
                 volume, progress, probabilities=args.probabilities, roi=box
             )
         where = f"{job.case}'s image" + ("" if box is None else " inside the region of interest")
-        warning = constant_image_warning(
-            volume.array if box is None else volume.array[box], where
-        ) or volume_warning(result.label, predictor.label_volume_ml, f"{job.case}'s segmentation")
-        if warning is not None:
+        warning = constant_image_warning(volume.array if box is None else volume.array[box], where)
+        check = "constant" if warning is not None else volume_check(result.label, expected)
+        if warning is None:
+            warning = volume_warning(result.label, expected, f"{job.case}'s segmentation")
+        if warning is not None:  # check: what a front end can act on ("too_large": give a box)
             log.warning("%s", warning)
-            emit("warning", case=job.case, message=warning)
+            emit("warning", case=job.case, message=warning, check=check)
         emit("progress", stage="writing", done=0, total=1, case=job.case)
         write_volume(result.label, job.label_out, overwrite=args.overwrite)
         if job.prob_out is not None and result.probabilities is not None:

@@ -164,35 +164,53 @@ def constant_image_warning(array: np.ndarray, what: str = "the image") -> str | 
     )
 
 
+def volume_check(label: Volume, expected_ml: Sequence[float] | None) -> str | None:
+    """What the volume check finds: ``"empty"``, ``"too_large"`` (over :data:`TOO_LARGE` times
+    the largest of ``expected_ml``, ``[smallest, largest]`` foreground volume of the model's
+    training labels), ``"too_small"`` (under :data:`TOO_SMALL` times the smallest), or ``None``
+    (plausible, or no range to compare with). ``dkuxnet predict`` sends it as the ``check``
+    field of its ``warning`` event, so a front end can act on it without reading the text."""
+    found = volume_ml(label.array, label.spacing)
+    if found == 0:
+        return "empty"
+    if not expected_ml:
+        return None
+    if found > TOO_LARGE * float(expected_ml[1]):
+        return "too_large"
+    if found < TOO_SMALL * float(expected_ml[0]):
+        return "too_small"
+    return None
+
+
 def volume_warning(
     label: Volume, expected_ml: Sequence[float] | None, what: str = "the segmentation"
 ) -> str | None:
     """A warning when ``label`` is empty or its volume is far outside ``expected_ml``
-    (``[smallest, largest]`` foreground volume of the model's training labels), else ``None``.
+    (``[smallest, largest]`` foreground volume of the model's training labels), else ``None``
+    (:func:`volume_check` says which).
     """
-    found = volume_ml(label.array, label.spacing)
-    if found == 0:
+    check = volume_check(label, expected_ml)
+    if check == "empty":
         return (
             f"{what} is empty: nothing was found. Check that the scan shows the structure the "
             "model was trained on, or place the region of interest around it"
         )
-    if not expected_ml:
+    if check is None or not expected_ml:
         return None
+    found = volume_ml(label.array, label.spacing)
     smallest, largest = float(expected_ml[0]), float(expected_ml[1])
-    if found > TOO_LARGE * largest:
+    if check == "too_large":
         return (
             f"{what} is {found:.0f} ml, more than {TOO_LARGE:g} times the largest in the "
             f"model's training labels ({largest:.0f} ml): the scan probably shows more than the "
             "model was trained on (it learned from scans cropped around the heart). Place a "
             "region of interest around the heart and segment again"
         )
-    if found < TOO_SMALL * smallest:
-        return (
-            f"{what} is only {found:.1f} ml, less than a quarter of the smallest in the model's "
-            f"training labels ({smallest:.0f} ml): part of the structure may be outside the "
-            "image or the region of interest, or the scan differs from the training scans"
-        )
-    return None
+    return (
+        f"{what} is only {found:.1f} ml, less than a quarter of the smallest in the model's "
+        f"training labels ({smallest:.0f} ml): part of the structure may be outside the "
+        "image or the region of interest, or the scan differs from the training scans"
+    )
 
 
 def _numbers(text: str) -> list[float] | None:
