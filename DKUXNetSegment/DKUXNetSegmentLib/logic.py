@@ -659,6 +659,8 @@ class SegmentTask(Task):
         self.uncertainty_path = uncertainty_path
         self.uncertainty_measure: str | None = None
         self.warnings: list[str] = []
+        # what each warning's volume check found ("too_large", "empty", ...; the event's check)
+        self.checks: list[str] = []
         self.result: slicer.vtkMRMLSegmentationNode | None = None
         self.uncertainty_result: slicer.vtkMRMLScalarVolumeNode | None = None
 
@@ -686,6 +688,8 @@ class SegmentTask(Task):
         elif kind == "warning":
             message = str(event.get("message") or "the model reported an unnamed warning")
             self.warnings.append(message)
+            if event.get("check"):
+                self.checks.append(str(event["check"]))
             log.warning("segmenting %s: %s", event.get("case", "?"), message)
 
     def _on_success(self) -> None:
