@@ -52,6 +52,7 @@ if SUPPORTED:  # on an older Slicer the panel shows unsupported_reason() instead
         resolve_model,
         volume_selector_hidden_ids,
     )
+    from DKUXNetSegmentLib.segment_region import place_segment_region, segment_region_advice
 
 POLL_INTERVAL_MS = 500
 MODEL_FILE_FILTERS = ["Model checkpoint (*.pt)"]
@@ -74,9 +75,11 @@ class DKUXNetSegment(ScriptedLoadableModule):
             "<b>Segment</b>: pick a volume and click Segment; the result is a new segmentation "
             "unless you choose one to replace. When the scan shows more than the heart, place a "
             "box (Markups ROI) around the heart and choose it as <i>Region of interest</i>: "
-            "only its inside is segmented. <i>Show uncertainty</i> also shows where the "
-            "model is unsure, in colour over the image (a single-network model such as the "
-            "bundled one needs Test-time augmentation for it).<br>"
+            "only its inside is segmented. On a scan far larger than the model's training "
+            "scans, or after a result far too large, the panel says so and offers <i>Place "
+            "box</i>: drag the box it adds over the heart. <i>Show uncertainty</i> also shows "
+            "where the model is unsure, in colour over the image (a single-network model such "
+            "as the bundled one needs Test-time augmentation for it).<br>"
             "<b>Fine-tune</b>: add volumes with their left-atrium segment, optionally unlabeled "
             "volumes, and start; the new model is then used by Segment. Estimate time first "
             "shows how long the chosen iterations take on this computer. <i>Suggest next to "
@@ -147,6 +150,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # actions
         self.ui.segmentButton.clicked.connect(self.onSegment)
         self.ui.segmentCancelButton.clicked.connect(self.onSegmentCancel)
+        self.ui.placeSegmentRegionButton.clicked.connect(self.onPlaceSegmentRegion)
         self.ui.addPairButton.clicked.connect(self.onAddPair)
         self.ui.removePairButton.clicked.connect(self.onRemovePair)
         self.ui.addUnlabeledButton.clicked.connect(self.onAddUnlabeled)
@@ -327,6 +331,12 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         training = _running(self._fineTuneTask)
         self.ui.segmentButton.enabled = params.input_volume is not None and not segmenting
         self.ui.segmentCancelButton.enabled = segmenting
+        # a scan of the whole chest, or a result far too large: say what to do, offer the box
+        advice = segment_region_advice(params.input_volume, params.roi, self._segmentTask)
+        self.ui.segmentRegionAdviceLabel.text = advice or ""
+        self.ui.segmentRegionAdviceLabel.visible = advice is not None
+        self.ui.placeSegmentRegionButton.visible = advice is not None
+        self.ui.placeSegmentRegionButton.enabled = not segmenting
         self.ui.estimateTimeButton.enabled = not training and not _running(self._estimateTask)
         ranking = _running(self._rankTask)
         self.ui.suggestNextButton.enabled = not ranking  # with no volumes it says what to do
@@ -415,6 +425,30 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.segmentProgressBar.value = 0
             self.timer.start()
             self._updateButtons()
+
+    def onPlaceSegmentRegion(self):
+        """The 'Segment region' box at the volume's centre, chosen for Segment, handles on.
+
+        Editing, not Markups place mode: clicks in place mode would define the box anew (or
+        a new ROI once this one is complete: vtkMRMLMarkupsROINode::
+        UpdateBoxROIFromControlPoints, vtkMRMLMarkupsDisplayableManager::
+        GetWidgetForPlacement), and markups logic's StartPlaceMode places point lists only.
+        The box comes with its handles on (as Crop Volume's ROI); the user drags it over the
+        heart in the slice views, which jump to its centre.
+        """
+        params = self._parameters()
+        if params.input_volume is None:
+            return
+        roi = self._startShowingErrors(
+            "Could not place the box.",
+            lambda: place_segment_region(slicer.mrmlScene, params.input_volume),
+        )
+        if roi is None:
+            return
+        params.roi = roi  # the selector follows the parameter node; Segment uses it
+        centre = [0.0, 0.0, 0.0]
+        roi.GetCenterWorld(centre)
+        slicer.modules.markups.logic().JumpSlicesToLocation(*centre, True)
 
     def onSegmentCancel(self):
         if self._segmentTask is not None:

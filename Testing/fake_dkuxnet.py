@@ -7,6 +7,8 @@ current iteration on SIGTERM or when ``RUN/stop.request`` exists (one left by an
 is removed at the start, one written for this run is kept). ``FAKE_DKUXNET_FAIL=1`` in the
 environment makes either command fail after its first event; ``FAKE_DKUXNET_IGNORE_SIGTERM=1``
 makes ``train`` deaf to SIGTERM, as a Windows child of Slicer is to console control events.
+``FAKE_DKUXNET_WARN_CHECK=too_large`` makes ``predict`` send a ``warning`` event with that
+``check``, as the real volume check does; ``--roi`` is accepted and not used.
 
 ``FAKE_DKUXNET_DICE=0.5,0.8,0.6`` scripts the validation Dice of ``train`` (one value per
 validation, every second iteration; the last one repeats; by default it rises every time). As
@@ -44,6 +46,9 @@ def predict(args: argparse.Namespace) -> int:
         time.sleep(float(os.environ.get("FAKE_DKUXNET_SLEEP", "0.01")))
         events.emit("progress", stage="predicting", done=i + 1, total=windows, case="input")
     label = (image.array > image.array.mean()).astype(np.uint8)
+    check = os.environ.get("FAKE_DKUXNET_WARN_CHECK")
+    if check:
+        events.emit("warning", case="input", message=f"fake volume check: {check}", check=check)
     write_volume(image.with_array(label), args.output)
     events.emit("progress", stage="writing", done=1, total=1, case="input")
     events.emit("output", path=args.output, case="input")
@@ -119,6 +124,7 @@ def main() -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--tta", action="store_true")
     p.add_argument("--events")
+    p.add_argument("--roi")
     t = sub.add_parser("train")
     t.add_argument("--data", required=True)
     t.add_argument("--out", required=True)

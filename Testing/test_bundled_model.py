@@ -33,17 +33,29 @@ def test_model_card_states_the_real_sha256() -> None:
 
 
 def test_bundled_model_segments_with_exact_geometry() -> None:
-    """A real-scan-sized input comes back on its own grid (the model resamples internally)."""
+    """An oblique, anisotropic input comes back on its own grid (the model resamples
+    internally), with a segment inside the atrium that is not a token few voxels.
+
+    The phantom is the Slicer self-test's (DKUXNetSegmentTest). The bundled model, trained on
+    real LA MRI, undersegments it: measured precision 1.0, recall 0.098 (236 of 2,401 voxels).
+    The floors are half the measured recall and the self-test's 0.9 precision, so an empty
+    or misplaced segment fails. (On the 48 x 96 x 96 phantom of seed 7 the model's 6,559
+    voxels all lie outside the atrium: it is not a phantom this model can be judged on.)
+    """
     from dkuxnet.inference import Predictor
     from dkuxnet.synthetic import make_phantom
 
     assert MODEL is not None
     predictor = Predictor.from_checkpoint(MODEL, device="cpu")
-    image, label = make_phantom((48, 96, 96), seed=7)
+    image, label = make_phantom((64, 64, 64), seed=7)
     result = predictor.predict_volume(image)
     assert result.label.same_geometry(image)
     assert result.label.array.dtype == np.uint8
     assert set(np.unique(result.label.array)) <= {0, 1}
+    segment, truth = result.label.array > 0, label.array > 0
+    inside = int(np.logical_and(segment, truth).sum())
+    assert inside / truth.sum() > 0.05, (inside, int(segment.sum()), int(truth.sum()))  # recall
+    assert inside / max(int(segment.sum()), 1) > 0.9  # precision
 
 
 def test_evaluate_uses_the_bundled_model_when_none_is_named(

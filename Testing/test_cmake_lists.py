@@ -8,12 +8,13 @@ The catalogue checks mirror what the extensions index checks on a new entry
 (``scripts/check_description_files.py`` of Slicer/ExtensionsIndex): a ``NAME.json`` entry
 valid against the catalogue-entry schema, a top-level ``project(NAME)``, icon and screenshot
 URLs that are images, a licence file at the root. Since Slicer 5.8 the index holds ``.json``
-entries; the ``.s4ext`` format is read only by the 5.6 branch, which this extension does not
-support (it needs Slicer 5.10+).
+entries; the project's specification also lists a top-level ``.s4ext`` description file, which
+``scripts/sync_s4ext.py`` generates from the other two, and the three must agree.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -165,10 +166,52 @@ def test_catalogue_entry_is_valid() -> None:
     assert entry.get("build_dependencies", []) == expected
 
 
-def test_only_the_json_entry_is_kept() -> None:
-    assert not (ROOT / f"{EXTENSION}.s4ext").exists(), (
-        "the .s4ext entry is read only by the Slicer 5.6 index branch, which is not supported"
+S4EXT = ROOT / f"{EXTENSION}.s4ext"
+
+
+def s4ext_fields() -> dict[str, str]:
+    """``keyword value`` lines of the .s4ext (comments and blank lines left out)."""
+    fields = {}
+    for line in S4EXT.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            assert key not in fields, f"{key} twice in {S4EXT.name}"
+            fields[key] = value.strip()
+    return fields
+
+
+def test_the_s4ext_is_generated_from_the_cmake_lists_and_the_json() -> None:
+    spec = importlib.util.spec_from_file_location("sync_s4ext", ROOT / "scripts" / "sync_s4ext.py")
+    assert spec is not None and spec.loader is not None
+    sync = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sync)
+    assert S4EXT.read_bytes() == sync.expected_text().encode("utf-8"), (
+        f"{S4EXT.name} is out of date: run python scripts/sync_s4ext.py"
     )
+
+
+def test_s4ext_json_and_cmake_lists_agree() -> None:
+    """Name, homepage, repository, category, dependencies, description, icon, screenshots."""
+    fields = s4ext_fields()
+    entry = json.loads(CATALOGUE_ENTRY.read_text(encoding="utf-8"))
+    variables = top_level_variables()
+    assert re.search(rf"^project\({EXTENSION}\)", TOP_CMAKE.read_text(), re.MULTILINE)
+    assert S4EXT.stem == CATALOGUE_ENTRY.stem == EXTENSION
+    assert fields["homepage"] == variables["EXTENSION_HOMEPAGE"]
+    assert fields["scm"] == entry.get("scm_type", "git") == "git"
+    assert fields["scmurl"] == entry["scm_url"]
+    assert fields["scmurl"].removesuffix(".git") == variables["EXTENSION_HOMEPAGE"]
+    assert fields["scmrevision"] == entry["scm_revision"]
+    assert fields["category"] == entry["category"]
+    depends = variables["EXTENSION_DEPENDS"].replace(";", " ").split()
+    assert fields["depends"].split() == depends == entry["build_dependencies"]
+    assert fields["build_subdirectory"] == entry["build_subdirectory"]
+    assert fields["description"] == variables["EXTENSION_DESCRIPTION"]
+    assert fields["contributors"] == variables["EXTENSION_CONTRIBUTORS"]
+    assert fields["iconurl"] == variables["EXTENSION_ICONURL"]
+    assert fields["screenshoturls"].split() == variables["EXTENSION_SCREENSHOTURLS"].split()
+    assert fields["enabled"] == "1"
+    assert b"\r" not in S4EXT.read_bytes()
 
 
 def test_license_file_at_the_root_matches_the_package_licence() -> None:

@@ -25,9 +25,13 @@ from dkuxnet.training.schedules import lr_factor, sigmoid_rampup
 
 
 def _logits(*probabilities: tuple[float, float]) -> torch.Tensor:
-    """Logits ``(1, 2, 1, 1, V)`` whose softmax at voxel ``v`` is ``probabilities[v]``."""
+    """Logits ``(1, 2, V, 1, 1)`` whose softmax at voxel ``v`` is ``probabilities[v]``.
+
+    The voxels lie along D, the first spatial axis, so that a reduction over the wrong axes
+    shows.
+    """
     p = torch.tensor(probabilities, dtype=torch.float64).T  # (2, V)
-    return torch.log(p)[None, :, None, None, :].float()
+    return torch.log(p)[None, :, :, None, None].float()
 
 
 def _output(
@@ -76,7 +80,7 @@ def test_cps_gradient_moves_the_student_towards_the_pseudo_label() -> None:
     # the factor 1/4: mean over 2 voxels and 2 heads
     assert float(logits.grad[0, 1, 0, 0, 0]) == pytest.approx((0.75 - 1) / 4, rel=1e-5)
     assert float(logits.grad[0, 0, 0, 0, 0]) == pytest.approx(0.25 / 4, rel=1e-5)
-    assert torch.all(logits.grad[..., 1] == 0)  # the unconfident voxel teaches nothing
+    assert torch.all(logits.grad[:, :, 1] == 0)  # the unconfident voxel teaches nothing
 
 
 def test_cps_confidence_threshold_is_on_the_mean_of_the_teachers_heads() -> None:
@@ -87,6 +91,19 @@ def test_cps_confidence_threshold_is_on_the_mean_of_the_teachers_heads() -> None
     kmax = (-math.log(0.2) - math.log(0.5)) / 2
     loss = segmentation_consistency(STUDENT, TEACHER, "cps", 0.5)
     assert float(loss) == pytest.approx((cnn + kmax) / 2, rel=1e-5)
+
+
+def test_defaults_are_cps_at_confidence_0_8() -> None:
+    expected = segmentation_consistency(STUDENT, TEACHER, "cps", 0.8)
+    assert float(segmentation_consistency(STUDENT, TEACHER)) == float(expected) > 0
+
+
+@pytest.mark.parametrize("form", ["cps", "dicece"])
+def test_a_teacher_exactly_at_the_threshold_does_not_teach(form: str) -> None:
+    """Only a probability that *exceeds* ``confidence`` makes a pseudo-label."""
+    at = float(TEACHER.probabilities("mean").max(1).values[0, 0, 0, 0])  # voxel 0, ~0.84
+    assert float(segmentation_consistency(STUDENT, TEACHER, form, at)) == 0.0
+    assert float(segmentation_consistency(STUDENT, TEACHER, form, at - 1e-4)) > 0.1
 
 
 def test_dicece_worked_example() -> None:
@@ -102,6 +119,25 @@ def test_dicece_worked_example() -> None:
 
     expected = (head(0.75) + head(0.2)) / 2  # = 1.6509
     loss = segmentation_consistency(STUDENT, TEACHER, "dicece", 0.8)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+def test_dicece_with_an_item_without_confident_voxels_and_a_class_never_taught() -> None:
+    """Batch item 1 has no confident voxel: its Dice is 1 for every class (eps / eps), so it
+    adds 0 to the mean over items and classes. The teacher is sure of class 0 only, so class 1
+    has no pseudo-label voxel at all (its one-hot is still two classes wide)."""
+    eps = 1e-6
+    teacher = _output(
+        torch.cat([_logits((0.9, 0.1), (0.6, 0.4)), _logits((0.6, 0.4), (0.55, 0.45))]),
+        torch.cat([_logits((0.9, 0.1), (0.6, 0.4)), _logits((0.6, 0.4), (0.55, 0.45))]),
+    )
+    both = torch.cat([_logits((0.75, 0.25), (0.5, 0.5)), _logits((0.3, 0.7), (0.5, 0.5))])
+    student = _output(both, both)
+    # item 0, voxel 0 (pseudo 0, student p0 = 0.75): CE -ln 0.75 over the one confident voxel;
+    # Dice class 0: 2 * 0.75 / (0.75 + 1); class 1: eps / (0.25 + eps); item 1: Dice 1, 1
+    dice_loss = [1 - (2 * 0.75 + eps) / (1.75 + eps), 1 - eps / (0.25 + eps), 0.0, 0.0]
+    expected = -math.log(0.75) + sum(dice_loss) / 4
+    loss = segmentation_consistency(student, teacher, "dicece", 0.8)
     assert float(loss) == pytest.approx(expected, rel=1e-5)
 
 
@@ -196,6 +232,32 @@ def test_affinity_consistency_against_a_direct_formula() -> None:
     assert float(loss) == pytest.approx(alone, rel=1e-5)
 
 
+def test_affinity_of_sharp_assignments_is_clamped_and_finite() -> None:
+    """Co-assignments of exactly 0 or 1 (one-hot queries) are clamped to [1e-6, 1 - 1e-6]:
+    two voxels, student puts them in different clusters, teacher in the same one."""
+    eps = 1e-6
+    student_q = torch.tensor([[100.0, -100.0], [-100.0, 100.0]]).reshape(1, 2, 1, 1, 2)
+    teacher_q = torch.tensor([[100.0, 100.0], [-100.0, -100.0]]).reshape(1, 2, 1, 1, 2)
+    groups = torch.full((1, 2, 1, 1, 2), 0.5)
+    zeros = torch.zeros(1, 2, 1, 1, 2)
+
+    def output(q: torch.Tensor) -> ModelOutput:
+        return ModelOutput(zeros, zeros, q, groups, torch.zeros(1, 2, 2), [])
+
+    # a_s = [[1, 0], [0, 1]], a_t = all ones; clamped to [lo, hi] (the float32 values of eps
+    # and 1 - eps): the diagonal pairs agree (0); each off-diagonal pair compares t = hi, s = lo
+    lo, hi = float(np.float32(eps)), float(np.float32(1 - eps))
+
+    def bernoulli_kl(p: float, r: float) -> float:
+        return p * math.log(p / r) + (1 - p) * math.log((1 - p) / (1 - r))
+
+    off_diagonal = 0.5 * (bernoulli_kl(hi, lo) + bernoulli_kl(lo, hi))  # ~13.8
+    loss = query_affinity_consistency(output(student_q), output(teacher_q), torch.arange(2))
+    assert float(loss) == pytest.approx(2 * off_diagonal / 4, rel=1e-4)
+    same = query_affinity_consistency(output(student_q), output(student_q), torch.arange(2))
+    assert float(same) == pytest.approx(0.0, abs=1e-6)
+
+
 # ---------------------------------------------------------------------------- supervised loss
 def _dice_ce(logits: np.ndarray, labels: np.ndarray) -> float:
     """MONAI's DiceCE (softmax, one-hot labels, background included, smoothing 1e-5, Dice
@@ -279,6 +341,7 @@ def test_supervised_loss_without_aux_heads() -> None:
         (4, 100, "poly", 10, 0.5 * 0.96**0.9),
         (30, 100, "cosine", 10, 0.5 * (1 + math.cos(0.3 * math.pi))),
         (3, 0, "poly", 0, 0.0),  # no iterations: over at once, no division by zero
+        (1, 1, "poly", 0, 0.0),  # one iteration: the end after it
     ],
 )
 def test_lr_factor_against_the_formulas(
@@ -304,6 +367,9 @@ def test_lr_factor_unknown_schedule() -> None:
         (-5, 100, 1.0, math.exp(-5.0)),  # before the start: as at 0
         (10, 0, 0.7, 0.7),  # no ramp-up
         (10, -1, 0.7, 0.7),
+        (-3, 0, 0.7, 0.7),  # no ramp-up, even before the start (no division by zero)
+        (0, 1, 1.0, math.exp(-5.0)),  # a one-iteration ramp-up still starts low
+        (0, 0.5, 2.0, 2.0 * math.exp(-5.0)),
     ],
 )
 def test_sigmoid_rampup_against_the_formula(

@@ -16,7 +16,15 @@ from dkuxnet.cli import main
 from dkuxnet.errors import InputError
 from dkuxnet.events import read_events
 from dkuxnet.inference import Predictor
-from dkuxnet.inference.roi import box_from_ras, parse_ras_box, volume_ml, volume_warning
+from dkuxnet.inference.roi import (
+    box_from_corners,
+    box_from_ras,
+    parse_ras_box,
+    parse_roi,
+    volume_check,
+    volume_ml,
+    volume_warning,
+)
 from dkuxnet.io import Volume, read_volume, write_volume
 from dkuxnet.training.checkpoint import export_model, load_checkpoint
 
@@ -130,6 +138,23 @@ def test_volume_warning_names_the_problem_and_the_fix() -> None:
     assert "region of interest" in large
 
 
+def test_volume_check_names_what_the_warning_says_for_a_front_end() -> None:
+    """The ``check`` of predict's warning event: the panel offers a box on ``too_large``."""
+    label = np.zeros((10, 10, 10), np.uint8)
+    volume = Volume(label, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+    assert volume_check(volume, None) == "empty" == volume_check(volume, (50.0, 150.0))
+    label[:5, :5, :5] = 1  # 1 ml
+    assert volume_check(volume, None) is None
+    assert volume_check(volume, (0.1, 0.5)) is None  # exactly twice the largest: still plausible
+    assert volume_check(volume, (0.1, 0.499)) == "too_large"
+    assert volume_check(volume, (4.0, 9.0)) is None  # exactly a quarter of the smallest
+    assert volume_check(volume, (4.01, 9.0)) == "too_small"
+    for expected in (None, (0.1, 0.499), (4.01, 9.0), (0.5, 1.5)):
+        assert (volume_check(volume, expected) is None) == (
+            volume_warning(volume, expected) is None
+        )
+
+
 def test_trainer_range_reaches_the_exported_model(tmp_path: Path) -> None:
     record = {"config": oracle_config().to_dict(), "networks": [{}], "label_volume_ml": [3.0, 9.5]}
     path = export_model(record, tmp_path / "model.pt")
@@ -164,6 +189,7 @@ def test_predict_cli_roi_and_warning_events(tmp_path: Path) -> None:
     warnings = [e for e in recorded if e["event"] == "warning"]
     assert len(warnings) == 1 and warnings[0]["case"] == "in"
     assert ("empty" in warnings[0]["message"]) == (pred.array.sum() == 0)
+    assert warnings[0]["check"] == ("empty" if pred.array.sum() == 0 else "too_large")
     assert recorded[-1]["status"] == "completed"
     # a box beside the image: refused before any output is written, the reason recorded
     far = ",".join(str(v) for v in (500, 500, 500, 600, 600, 600))
@@ -179,3 +205,95 @@ def test_roi_box_matches_voxel_centres_for_flipped_axes(flip: tuple[float, float
     volume = Volume(np.zeros((8, 9, 10), np.float32), (1.5, 1.0, 2.0), (3.0, 4.0, 5.0), direction)
     lo, hi = _centre_ras(volume, (1, 2, 3)), _centre_ras(volume, (5, 6, 7))
     assert box_from_ras(volume, lo, hi) == (slice(1, 6), slice(2, 7), slice(3, 8))
+
+
+# ------------------------------------------------------------------ a rotated box (eight corners)
+def _rotation(axis: int, degrees: float) -> np.ndarray:
+    a = np.deg2rad(degrees)
+    c, s = np.cos(a), np.sin(a)
+    i, j = [k for k in range(3) if k != axis]
+    r = np.eye(3)
+    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+    return r
+
+
+def _rotated_scan() -> Volume:
+    """A scan rotated 45 degrees in-plane (and tilted), anisotropic."""
+    direction = _rotation(2, 45.0) @ _rotation(0, 10.0)  # LPS; columns are the i, j, k axes
+    return Volume(
+        np.zeros((24, 96, 96), np.float32), (0.8, 0.9, 2.0), (-5.0, 12.0, 30.0), direction
+    )
+
+
+def _roi(centre_ras: np.ndarray, axes_ras: np.ndarray, half: np.ndarray) -> np.ndarray:
+    """The eight corners ``(8, 3)`` of a box: centre, its axes (columns), half sizes (mm)."""
+    signs = np.array(list(itertools.product((-1.0, 1.0), repeat=3)))
+    return centre_ras + (signs * half) @ axes_ras.T
+
+
+def _voxel_centres_in(volume: Volume, centre, axes, half) -> np.ndarray:
+    """Brute force: the mask of the voxels whose centre lies in the (rotated) box."""
+    k, j, i = np.indices(volume.array.shape)
+    ras = _lps_to_ras(volume.index_to_physical(np.stack([i, j, k], -1).reshape(-1, 3)))
+    local = (ras - centre) @ axes  # coordinates along the box's own axes
+    return np.all(np.abs(local) <= half, axis=1).reshape(volume.array.shape)
+
+
+@pytest.mark.parametrize("tilt", [0.0, 25.0], ids=["roi-along-the-scan", "roi-rotated-otherwise"])
+def test_a_rotated_roi_on_a_rotated_scan_is_cropped_tightly(tilt: float) -> None:
+    """Its eight corners give the voxel box of the voxels it holds, not of its RAS hull."""
+    volume = _rotated_scan()
+    scan_axes_ras = np.diag([-1.0, -1.0, 1.0]) @ volume.direction  # unit columns, RAS
+    axes = scan_axes_ras @ _rotation(1, tilt)
+    centre = _centre_ras(volume, (12, 48, 47)) + np.array([0.3, -0.2, 0.1])
+    half = np.array([9.0, 7.0, 12.0])
+    corners = _roi(centre, axes, half)
+    inside = _voxel_centres_in(volume, centre, axes, half)
+    assert inside.sum() > 500
+
+    box = box_from_corners(volume, corners)
+    assert box is not None
+    in_box = np.zeros_like(inside)
+    in_box[box] = True
+    assert np.all(in_box[inside])  # every voxel the box holds is segmented
+    widths = np.array([s.stop - s.start for s in box])
+    hull = []
+    for axis in range(3):
+        hits = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
+        hull.append(hits[-1] - hits[0] + 1)
+        if tilt == 0.0:  # the box along the scan's axes: its own voxels, <= 1 voxel per side
+            assert hits[0] - 1 <= box[axis].start and box[axis].stop <= hits[-1] + 2
+    # the RAS-aligned hull of the same box (what the panel passed before) is never narrower,
+    # and for a box along the rotated scan far wider in-plane
+    old = box_from_ras(volume, corners.min(axis=0), corners.max(axis=0))
+    assert old is not None
+    old_widths = np.array([s.stop - s.start for s in old])
+    assert np.all(old_widths >= widths)
+    if tilt == 0.0:
+        assert np.all(old_widths[1:] >= 1.3 * widths[1:]), (old_widths, widths)
+    else:  # no wider than the box's extent in index space, rounded out by a voxel per side
+        lps = corners * np.array([-1.0, -1.0, 1.0]) - np.asarray(volume.origin)
+        ijk = np.linalg.solve(volume.direction * np.asarray(volume.spacing), lps.T).T
+        extent = (ijk.max(axis=0) - ijk.min(axis=0))[::-1]  # (k, j, i)
+        assert np.all(widths <= np.ceil(extent) + 2), (widths, extent)
+        assert np.all(widths >= np.array(hull))
+
+
+def test_roi_text_is_two_corners_or_eight() -> None:
+    corners = parse_roi("-1,2,3,4,5,6")
+    assert corners.shape == (8, 3)
+    assert {tuple(c) for c in corners} == set(
+        itertools.product((-1.0, 4.0), (2.0, 5.0), (3.0, 6.0))
+    )
+    rotated = _roi(np.array([1.0, 2.0, 3.0]), _rotation(2, 30.0), np.array([4.0, 5.0, 6.0]))
+    np.testing.assert_allclose(
+        parse_roi(",".join(f"{v:.6f}" for v in rotated.flat)), rotated, atol=1e-6
+    )
+    with pytest.raises(InputError, match="six numbers .* or 24"):
+        parse_roi("1,2,3,4,5,6,7")
+    flat = rotated.copy()
+    flat[:, 2] = 3.0  # all corners in one plane
+    with pytest.raises(InputError, match="lie in a plane"):
+        parse_roi(",".join(str(v) for v in flat.flat))
+    with pytest.raises(InputError, match="six numbers"):
+        parse_roi("1,2,3,4,5,nan")

@@ -75,7 +75,7 @@ def _scripted(trainer: Trainer, dice: Sequence[float], snapshots: Snapshots) -> 
         return {"dice": {"case": mean}, "mean_dice": mean}
 
     trainer._validate = validate  # type: ignore[method-assign]
-    trainer._step = step  # type: ignore[method-assign]
+    trainer._step = step  # type: ignore[method-assign,assignment]
 
 
 def _same(a: list[dict[str, torch.Tensor]], b: list[dict[str, torch.Tensor]]) -> bool:

@@ -559,6 +559,43 @@ def test_segment_end_to_end_with_real_predict(scene, tmp_path) -> None:
 
 
 @pytest.mark.slow
+def test_segment_of_bad_inputs_says_what_is_wrong(scene, tmp_path) -> None:
+    """What `dkuxnet predict` says reaches the panel: an absurd spacing fails with the one-line
+    error, a constant image completes empty with the warning that there is nothing to segment."""
+    pytest.importorskip("torch")
+    import slicer
+    from tiny import save_random_checkpoint, tiny_model_config
+
+    from dkuxnet.config import DataConfig, TrainConfig
+
+    config = TrainConfig(
+        model=tiny_model_config(),
+        data=DataConfig(patch_size=(16, 16, 32), target_spacing=(1.25, 1.25, 1.25)),
+    )
+    model = save_random_checkpoint(tmp_path / "resampling.pt", config)
+    logic = logic_module.DKUXNetLogic(scene, jobs_dir=tmp_path / "jobs")  # the real command
+
+    broken = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Broken header")
+    slicer.util.updateVolumeFromArray(broken, np.random.default_rng(0).normal(size=(16, 20, 24)))
+    broken.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(np.diag([-1e-6, -1e-6, 1e6, 1.0])))
+    task = logic.start_segment(broken, model, device="cpu")
+    assert task.wait(300) is JobState.FAILED
+    assert "spacing in the file header is probably wrong" in (task.error or "")
+    assert task.result is None
+
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Empty series")
+    slicer.util.updateVolumeFromArray(empty, np.zeros((10, 12, 14), np.int16))
+    task = logic.start_segment(empty, model, device="cpu")
+    assert task.wait(300) is JobState.COMPLETED, task.error
+    (warning,) = task.warnings
+    assert "is constant (every voxel is 0): there is nothing to segment" in warning
+    assert f"warning: {warning}" in task.status
+    segmentation = task.result.GetSegmentation()
+    segment_id = segmentation.GetSegmentIdBySegmentName("Left atrium")
+    assert not bridge.export_segment(task.result, segment_id, empty).array.any()
+
+
+@pytest.mark.slow
 def test_the_self_test_phantom_with_the_bundled_model(scene, tmp_path) -> None:
     """What DKUXNetSegmentTest checks inside Slicer, here on slicer-core with the same chain.
 
@@ -581,5 +618,7 @@ def test_the_self_test_phantom_with_the_bundled_model(scene, tmp_path) -> None:
     predicted = bridge.export_segment(seg, seg_id, volume_node)
     assert predicted.same_geometry(image), predicted.geometry_differences(image)
     segment, truth = predicted.array > 0, label.array > 0
-    assert segment.sum() > 0
-    assert np.logical_and(segment, truth).sum() / segment.sum() > 0.9  # INSIDE_FLOOR
+    inside = np.logical_and(segment, truth).sum()
+    assert inside / max(segment.sum(), 1) > 0.9  # INSIDE_FLOOR
+    # and not a token few voxels: recall measured 0.098 (236 of 2,401 voxels), floor half that
+    assert inside / truth.sum() > 0.05, (inside, segment.sum(), truth.sum())

@@ -2,9 +2,9 @@
 
 The bundled model learned the left atrium on scans cropped around the heart; on a scan that shows
 the whole chest the user places a markups ROI box around the heart. The panel hands the box to
-``dkuxnet predict --roi`` as the axis-aligned RAS bounds of its corners in the volume's own frame
-(the frame of the exported ``input.nrrd``): the ROI may be rotated, and the ROI and the volume may
-be under linear transforms. ``warning`` events of the child (an implausible result) reach the
+``dkuxnet predict --roi`` as its eight corners in the volume's own frame (the frame of the
+exported ``input.nrrd``): the ROI may be rotated, and the ROI and the volume may be under linear
+transforms; the child crops the tightest voxel box around the corners. ``warning`` events of the child (an implausible result) reach the
 task for the panel to show.
 
 The oracle for the bounds is MRML itself: ``IsPointInROIWorld`` and ``GetRASBounds`` of the ROI
@@ -19,6 +19,7 @@ than free cores spin against each other.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -30,7 +31,7 @@ from test_slicer_uncertainty import ijk_to_ras
 
 from dkuxnet.commands import predict as predict_command
 from dkuxnet.errors import InputError
-from dkuxnet.inference.roi import parse_ras_box
+from dkuxnet.inference.roi import box_from_corners, parse_roi
 from dkuxnet.io import read_volume
 from dkuxnet.jobs import JOB_FILE, JobState
 
@@ -289,6 +290,38 @@ def test_an_roi_not_yet_placed_is_refused(scene) -> None:
         bridge.roi_bounds_in_volume_frame(roi, volume)
 
 
+def test_a_rotated_roi_on_a_rotated_volume_is_cropped_to_what_it_holds(scene) -> None:
+    """A scan turned 45 degrees in-plane and a box turned with it: the child's voxel box holds
+    every voxel whose centre MRML finds in the ROI and is at most one voxel wider per side (the
+    axis-aligned bounds made it about 1.4 times as wide in-plane, up to 4 times the area)."""
+    turn = rotation(2, math.radians(45.0)) @ rotation(0, math.radians(8.0))
+    ijk = matrix(turn @ np.diag([0.9, 0.9, 2.0]), (12.0, -30.0, 5.0))
+    volume = add_volume(scene, shape=(14, 40, 40), ijk_to_ras=ijk)
+    centre = (ijk @ np.array([19.6, 20.3, 6.7, 1.0]))[:3]
+    roi = add_roi(scene, centre, (13.3, 9.1, 8.7), orientation=turn)
+    _, world = voxel_centres(volume)
+    inside = np.array([roi.IsPointInROIWorld(p.tolist()) for p in world])
+    inside = inside.reshape(14, 40, 40)
+    assert inside.sum() > 100
+
+    grid = bridge.volume_from_node(volume)
+    box = box_from_corners(grid, bridge.roi_corners_in_volume_frame(roi, volume))
+    assert box is not None
+    in_box = np.zeros_like(inside)
+    in_box[box] = True
+    assert np.all(in_box[inside])
+    for axis in range(3):
+        hits = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
+        assert hits[0] - 1 <= box[axis].start and box[axis].stop <= hits[-1] + 2
+    old = box_from_corners(  # the axis-aligned bounds' box, as the panel passed it before
+        grid, np.array(list(itertools.product(*np.reshape(ras_bounds(roi), (2, 3)).T)))
+    )
+    assert old is not None
+    assert (old[1].stop - old[1].start) * (old[2].stop - old[2].start) >= 1.8 * (
+        (box[1].stop - box[1].start) * (box[2].stop - box[2].start)
+    )
+
+
 # ------------------------------------------------------------------ the command line
 def test_the_command_line_has_roi_only_when_one_is_chosen(scene, tmp_path: Path) -> None:
     volume = add_volume(scene)
@@ -302,16 +335,20 @@ def test_the_command_line_has_roi_only_when_one_is_chosen(scene, tmp_path: Path)
     assert without.wait(60) is JobState.COMPLETED, without.error
 
     task = logic.start_segment(volume, "model.pt", roi_node=roi, keep_folder=True)
-    roi_args = [a for a in task.job.command if a.startswith("--roi")]
-    assert roi_args == ["--roi=-36.2500,-8.0000,-12.0000,-26.2500,12.0000,18.0000"]
+    roi_args = [a for a in task.job.command if a.startswith("--roi=")]
+    assert len(roi_args) == 1  # the eight corners, R,A,S each
+    corners = np.reshape([float(v) for v in roi_args[0][len("--roi=") :].split(",")], (8, 3))
+    expected = set(itertools.product((-36.25, -26.25), (-8.0, 12.0), (-12.0, 18.0)))
+    assert {tuple(c) for c in corners.round(4).tolist()} == expected
     # `dkuxnet predict` reads it back (as one "--roi=..." argument: as two, argparse would take
     # "-36.2500,..." for an option)
     parser = argparse.ArgumentParser()
     predict_command.add_arguments(parser)
     args = task.job.command
     parsed = parser.parse_args(args[args.index("predict") + 1 :])
-    low, high = parse_ras_box(parsed.roi)
-    assert (*low, *high) == pytest.approx(bridge.roi_bounds_in_volume_frame(roi, volume), abs=1e-4)
+    np.testing.assert_allclose(
+        parse_roi(parsed.roi), bridge.roi_corners_in_volume_frame(roi, volume), atol=1e-4
+    )
     recorded = json.loads((task.job.folder / JOB_FILE).read_text())["roi"]
     assert recorded["node"] == "Heart box"
     assert recorded["bounds_ras"] == pytest.approx([-36.25, -8.0, -12.0, -26.25, 12.0, 18.0])

@@ -64,6 +64,8 @@ def _heads(fg_cnn: torch.Tensor, fg_kmax: torch.Tensor) -> ModelOutput:
 class ConvWithPosition(nn.Module):
     """CNN head: ``conv3x3x3(x, zero padding) + position term``; the kMaX head: its negative."""
 
+    kernel: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("kernel", torch.tensor(KERNEL, dtype=torch.float32)[None, None])

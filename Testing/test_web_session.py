@@ -8,6 +8,7 @@ with ``--roi`` and the model's recorded label volumes, with the core's own funct
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -28,8 +29,8 @@ from DKUXNetSegmentWeb.data_folder import RUNS, DataFolder  # noqa: E402
 FAKE = Path(__file__).resolve().parent / "fake_dkuxnet.py"
 TIMEOUT = 60
 # A stand-in for `dkuxnet predict` whose "model" calls every voxel atrium: as the real command
-# (commands/predict.py), it segments only the voxel box that the core's box_from_ras makes of
-# --roi, and emits the core's volume_warning for the label volumes its model was trained on
+# (commands/predict.py), it segments only the voxel box that the core's box_from_corners makes
+# of --roi, and emits the core's volume_warning for the label volumes its model was trained on
 # (STAND_IN_LABEL_ML="smallest,largest" ml; none: only an empty result is reported).
 ROI_STAND_IN = """
 import argparse
@@ -51,12 +52,12 @@ events.emit("started", job="predict", total=1, device="cpu", resumed_from=0)
 image = read_volume(args.input)
 label = np.ones(image.array.shape, np.uint8)
 if args.roi:
-    from dkuxnet.inference.roi import box_from_ras, parse_ras_box
+    from dkuxnet.inference.roi import box_from_corners, parse_roi
 
     from dkuxnet.errors import DKUXNetError
 
     try:
-        box = box_from_ras(image, *parse_ras_box(args.roi))
+        box = box_from_corners(image, parse_roi(args.roi))
     except DKUXNetError as exc:  # as the real command reports it (dkuxnet.cli)
         events.emit("finished", status="failed", error=str(exc))
         raise SystemExit(2) from None
@@ -282,9 +283,11 @@ def test_segment_with_a_region_of_interest_is_background_outside_it(roi_session,
     (roi,) = roi_nodes(session)
     assert roi.GetName() == session_module.ROI_NODE_NAME and session.parameters.roi is roi
     assert slicer_bridge.roi_bounds_in_volume_frame(roi, volume) == pytest.approx(box)
-    assert [a for a in task.job.command if a.startswith("--roi")] == [
-        "--roi=-15.3000,13.5000,9.0000,-12.1000,17.0000,16.0000"
-    ]
+    (roi_arg,) = [a for a in task.job.command if a.startswith("--roi=")]  # its eight corners
+    corners = np.reshape([float(v) for v in roi_arg[len("--roi=") :].split(",")], (8, 3))
+    assert {tuple(c) for c in corners.tolist()} == set(
+        itertools.product((-15.3, -12.1), (13.5, 17.0), (9.0, 16.0))
+    )
     # A voxel is predicted exactly when it meets the box: its centre is within half a voxel.
     local, _ = voxel_centres(volume)
     half_voxel = np.abs(ijk_to_ras(volume)[:3, :3]).sum(axis=1) / 2

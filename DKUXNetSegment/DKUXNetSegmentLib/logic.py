@@ -13,7 +13,8 @@ Flow of a task:
   a new scalar volume on the input's exact grid, named after its measure (the ``started``
   event says which: entropy for a dual model, flip variance for one network with TTA) and
   shown in colour over the image. With a *Region of interest* (a markups ROI box around the
-  heart) only the inside is predicted (``--roi``, the box in the volume's own RAS frame); the
+  heart) only the inside is predicted (``--roi``, the box's eight corners in the volume's own
+  RAS frame, so a rotated box on an oblique scan is cropped tightly); the
   label keeps the input's grid and is 0 outside. ``warning`` events (e.g. a left atrium far
   larger than any in the training data: the scan shows more than the heart) are collected in
   :attr:`SegmentTask.warnings` and added to the status.
@@ -648,6 +649,8 @@ class SegmentTask(Task):
         self.uncertainty_path = uncertainty_path
         self.uncertainty_measure: str | None = None
         self.warnings: list[str] = []
+        # what each warning's volume check found ("too_large", "empty", ...; the event's check)
+        self.checks: list[str] = []
         self.result: slicer.vtkMRMLSegmentationNode | None = None
         self.uncertainty_result: slicer.vtkMRMLScalarVolumeNode | None = None
 
@@ -675,6 +678,8 @@ class SegmentTask(Task):
         elif kind == "warning":
             message = str(event.get("message") or "the model reported an unnamed warning")
             self.warnings.append(message)
+            if event.get("check"):
+                self.checks.append(str(event["check"]))
             log.warning("segmenting %s: %s", event.get("case", "?"), message)
 
     def _on_success(self) -> None:
@@ -1202,17 +1207,17 @@ class DKUXNetLogic:
         also writes the uncertainty map (the measure ``auto`` stands for: entropy for a dual
         model, flip variance for one network with ``tta``; one network without ``tta`` is
         refused by the child) and shows it as a new volume over the input. ``roi_node``
-        limits the prediction to the axis-aligned box around that ROI, taken in the volume's
-        own frame (:func:`slicer_bridge.roi_bounds_in_volume_frame`); the child refuses a box
-        that misses the image.
+        limits the prediction to the tightest voxel box around that ROI's eight corners, taken
+        in the volume's own frame (:func:`slicer_bridge.roi_corners_in_volume_frame`); the
+        child refuses a box that misses the image.
 
         Raises:
             InputError: a bad device, or an ROI that cannot be used (not placed, under a
                 non-linear transform); nothing is started then.
         """
         _check_device(device)
-        roi_bounds = (
-            slicer_bridge.roi_bounds_in_volume_frame(roi_node, volume_node)
+        roi_corners = (
+            slicer_bridge.roi_corners_in_volume_frame(roi_node, volume_node)
             if roi_node is not None
             else None
         )
@@ -1231,10 +1236,16 @@ class DKUXNetLogic:
             "volume": volume_node.GetName(),
             "model": str(model),
         }
-        if roi_node is not None and roi_bounds is not None:
-            # One argument with "=": a value that starts with "-" would read as an option.
-            args.append("--roi=" + ",".join(f"{v:.{ROI_DECIMALS}f}" for v in roi_bounds))
-            config["roi"] = {"node": roi_node.GetName(), "bounds_ras": list(roi_bounds)}
+        if roi_node is not None and roi_corners is not None:
+            # The eight corners, so that the child crops the tightest voxel box around a rotated
+            # ROI. One argument with "=": a value that starts with "-" would read as an option.
+            args.append("--roi=" + ",".join(f"{v:.{ROI_DECIMALS}f}" for v in roi_corners.flat))
+            low, high = roi_corners.min(axis=0), roi_corners.max(axis=0)
+            config["roi"] = {
+                "node": roi_node.GetName(),
+                "bounds_ras": [*low.tolist(), *high.tolist()],
+                "corners_ras": roi_corners.tolist(),
+            }
         job = Job(folder, self.command_factory(args), config=config).start()
         return SegmentTask(
             job,

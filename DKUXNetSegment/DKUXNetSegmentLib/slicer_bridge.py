@@ -22,7 +22,8 @@ the child process sees), and a label computed on that grid is imported from unde
 transform, so it lands on the volume wherever the transform puts it. A new segmentation is placed
 under the volume's transform; an existing one keeps its own, and Slicer maps the label into it.
 A region of interest (a markups ROI box, possibly rotated, possibly under its own transform) is
-handed to the child the same way, in the volume's local frame (:func:`roi_bounds_in_volume_frame`).
+handed to the child the same way, as its eight corners in the volume's local frame
+(:func:`roi_corners_in_volume_frame`).
 """
 
 from __future__ import annotations
@@ -91,14 +92,31 @@ def roi_bounds_in_volume_frame(
 ) -> tuple[float, float, float, float, float, float]:
     """The axis-aligned box around an ROI's 8 corners, in the volume node's own RAS frame.
 
-    The frame is the volume's before its parent transform, i.e. the physical space of the file
-    :func:`volume_from_node` exports (in RAS, not LPS). The ROI may be rotated and may be under a
-    transform of its own; both transforms are taken into account, so the box holds the ROI
-    wherever the views show it. A rotated ROI gives the (larger) axis-aligned box around it.
+    See :func:`roi_corners_in_volume_frame`; a rotated ROI gives the (larger) axis-aligned box
+    around it.
 
     Returns:
         ``(R1, A1, S1, R2, A2, S2)``: the low corner and the high corner, in millimetres (the
-        order of ``dkuxnet predict --roi``).
+        six-number form of ``dkuxnet predict --roi``).
+
+    Raises:
+        InputError: as :func:`roi_corners_in_volume_frame`.
+    """
+    ras = roi_corners_in_volume_frame(roi_node, volume_node).T  # (3, 8)
+    (r1, a1, s1), (r2, a2, s2) = ras.min(axis=1).tolist(), ras.max(axis=1).tolist()
+    return r1, a1, s1, r2, a2, s2
+
+
+def roi_corners_in_volume_frame(
+    roi_node: slicer.vtkMRMLMarkupsROINode, volume_node: slicer.vtkMRMLVolumeNode
+) -> np.ndarray:
+    """An ROI's eight corners ``(8, 3)`` in the volume node's own RAS frame, in millimetres.
+
+    The frame is the volume's before its parent transform, i.e. the physical space of the file
+    :func:`volume_from_node` exports (in RAS, not LPS). The ROI may be rotated and may be under a
+    transform of its own; both transforms are taken into account, so the corners are where the
+    views show them. ``dkuxnet predict --roi`` takes the 24 numbers and crops the tightest voxel
+    box around them (a rotated ROI on an oblique scan is not widened to its RAS-aligned hull).
 
     Raises:
         InputError: the ROI has no size yet (not placed), or the ROI or the volume is under a
@@ -128,8 +146,7 @@ def roi_bounds_in_volume_frame(
     )
     object_to_node = slicer.util.arrayFromVTKMatrix(roi_node.GetObjectToNodeMatrix())
     ras = (slicer.util.arrayFromVTKMatrix(roi_to_volume) @ object_to_node @ corners)[:3]
-    (r1, a1, s1), (r2, a2, s2) = ras.min(axis=1).tolist(), ras.max(axis=1).tolist()
-    return r1, a1, s1, r2, a2, s2
+    return np.ascontiguousarray(ras.T)
 
 
 # ---------------------------------------------------------------------------------- volumes

@@ -44,6 +44,9 @@ POLL_INTERVAL_S = 0.5
 TITLE = "DKUXNet Segment"
 LAYOUT = "Quad View"  # trame-slicer's: coronal and sagittal | 3D and axial
 DRAWER_WIDTH = 400
+# The page's box is aligned to the RAS axes by design (two corners typed in a field); a box
+# rotated with an oblique scan needs the Slicer panel's ROI, or `dkuxnet predict --roi` with
+# its eight corners. Cropping is then to the voxel box around the RAS-aligned box.
 ROI_LABEL = "Region of interest (RAS mm: R1,A1,S1,R2,A2,S2; empty = whole image)"
 # Libraries that log every message and state change at INFO; quiet unless --verbose.
 CHATTY_LOGGERS = ("trame_server", "trame_client", "trame_rca", "trame_slicer", "wslink", "aiohttp")

@@ -203,6 +203,10 @@ class WebSession:
         """:attr:`roi_text` as the session's markups ROI (made once, then moved), in world RAS;
         ``None`` when the text is empty.
 
+        The page's box is aligned to the RAS axes by design (two typed corners, no rotation);
+        on an oblique scan the crop is the voxel box around it, which can be wider than the
+        box. A rotated box is the Slicer panel's (its ROI's eight corners reach the child).
+
         Raises:
             InputError: the text is not six numbers, or the box is flat along an axis
                 (:func:`parse_ras_box`).

@@ -15,6 +15,7 @@ Axis order follows :mod:`dkuxnet.io`: arrays are ``(Z, Y, X)``; spacing and orig
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from dkuxnet.errors import InputError
 from dkuxnet.io import Volume, read_volume, write_volume
 from dkuxnet.orientation import is_canonical, to_canonical
 
@@ -38,6 +40,63 @@ __all__ = [
     "resample_onto",
     "resample_to_spacing",
 ]
+
+
+#: The largest grid an image is resampled to, in voxels (after padding to the window): 2 GiB
+#: per float32 map, e.g. a 0.8 m cube at 1 mm. Beyond it the spacing in the file header is
+#: broken (1e-6 x 1e-6 x 1e6 mm gave a 327 GB allocation and a traceback), not a patient.
+MAX_GRID_VOXELS = 2**29
+
+
+def resampled_size(volume: Volume, spacing: Sequence[float]) -> list[int]:
+    """``(x, y, z)`` size of ``volume`` resampled to ``spacing`` (:func:`resample_to_spacing`)."""
+    old = np.asarray(volume.spacing, dtype=np.float64)
+    new = np.asarray(spacing, dtype=np.float64)
+    return [max(1, round(n * s / t)) for n, s, t in zip(volume.size, old, new, strict=True)]
+
+
+def check_grid_size(
+    volume: Volume, spacing: Sequence[float], window: Sequence[int] | None = None
+) -> None:
+    """Refuse, before anything is allocated, a resampled grid beyond :data:`MAX_GRID_VOXELS`.
+
+    Args:
+        volume: the image.
+        spacing: the spacing ``(x, y, z)`` it is to be resampled to.
+        window: the sliding window ``(D, H, W)``; each side of the grid is padded to it.
+
+    Raises:
+        InputError: the grid is too large; the message names the image's spacing and field of
+            view, which is what is wrong.
+    """
+    size = resampled_size(volume, spacing)  # (x, y, z)
+    if window is not None:
+        size = [max(n, int(w)) for n, w in zip(size, reversed(tuple(window)), strict=True)]
+    voxels = math.prod(size)
+    if voxels <= MAX_GRID_VOXELS:
+        return
+    field = np.asarray(volume.size, np.float64) * np.asarray(volume.spacing, np.float64)
+    raise InputError(
+        f"the image's spacing ({_mm(volume.spacing)} mm over {' x '.join(map(str, volume.size))} "
+        f"voxels, a field of view of {_mm(field)} mm) would make a {' x '.join(map(str, size))} "
+        f"grid at the model's {_mm(spacing)} mm ({voxels * 4 / 1e9:.3g} GB per map, more than "
+        f"the {MAX_GRID_VOXELS * 4 / 2**30:.0f} GiB allowed). The spacing in the file header is "
+        "probably wrong (a broken DICOM header can give this): correct it (in Slicer: Volumes "
+        "module, Volume Information, Image Spacing) and try again"
+    )
+
+
+def _mm(values: Sequence[float] | np.ndarray) -> str:
+    return " x ".join(f"{float(v):.6g}" for v in values)
+
+
+def is_constant(array: np.ndarray) -> bool:
+    """Every voxel has the same (finite) value: there is nothing to segment."""
+    return (
+        bool(array.size)
+        and bool(np.isfinite(array.flat[0]))
+        and bool(np.all(array == array.flat[0]))
+    )
 
 
 def normalize_image(array: np.ndarray) -> np.ndarray:
@@ -68,10 +127,14 @@ def resample_to_spacing(
         volume: input volume (resampled as ``float32``).
         spacing: new spacing ``(x, y, z)`` in mm.
         interpolator: a SimpleITK interpolator (linear for images).
+
+    Raises:
+        InputError: the new grid would be absurdly large (:func:`check_grid_size`).
     """
+    check_grid_size(volume, spacing)
     old = np.asarray(volume.spacing, dtype=np.float64)
     new = np.asarray(spacing, dtype=np.float64)
-    size = [max(1, round(n * s / t)) for n, s, t in zip(volume.size, old, new, strict=True)]
+    size = resampled_size(volume, spacing)
     origin = np.asarray(volume.origin) + volume.direction @ ((new - old) / 2.0)
     image = sitk.Cast(volume.to_sitk(), sitk.sitkFloat32)
     resampled = sitk.Resample(

@@ -100,8 +100,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--roi",
         metavar="R1,A1,S1,R2,A2,S2",
         help="segment only inside this box: two opposite corners in RAS millimetres (as 3D "
-        "Slicer and ITK-SNAP show them); elsewhere the label is 0. Use it when the scan shows "
-        "more than the heart (write --roi=-10,... when the first number is negative)",
+        "Slicer and ITK-SNAP show them) of a box aligned to the RAS axes, or 24 numbers, the "
+        "eight corners R,A,S of a box in any orientation (a rotated box on an oblique scan is "
+        "then cropped tightly); elsewhere the label is 0. Use it when the scan shows more than "
+        "the heart (write --roi=-10,... when the first number is negative)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--events", help="append progress events (JSON lines) to this file")
@@ -267,10 +269,16 @@ def _predict_all(args: argparse.Namespace, emit: Any) -> None:
 
     from dkuxnet.inference import Predictor
     from dkuxnet.inference.predictor import UNCERTAINTY_DESCRIPTIONS
-    from dkuxnet.inference.roi import box_from_ras, parse_ras_box, volume_warning
+    from dkuxnet.inference.roi import (
+        box_from_corners,
+        constant_image_warning,
+        parse_roi,
+        volume_check,
+        volume_warning,
+    )
     from dkuxnet.io import read_volume, write_volume
 
-    roi = parse_ras_box(args.roi) if args.roi else None  # a malformed box fails before any work
+    roi = parse_roi(args.roi) if args.roi else None  # a malformed box fails before any work
     uncertainty_path = Path(args.uncertainty) if args.uncertainty else None
     jobs = plan_jobs(Path(args.input), Path(args.output), args.probabilities, uncertainty_path)
     check_outputs(jobs, args.overwrite)
@@ -284,6 +292,7 @@ def _predict_all(args: argparse.Namespace, emit: Any) -> None:
         "uncertainty": args.uncertainty_measure if uncertainty_path else None,
     }
     predictor = Predictor.from_checkpoint(model, args.device, **overrides)
+    expected = predictor.label_volume_ml  # the training labels' volume range, for the check
     if predictor.uncertainty is not None:
         log.info("uncertainty map: %s", UNCERTAINTY_DESCRIPTIONS.get(predictor.uncertainty, "?"))
     emit(
@@ -300,7 +309,7 @@ def _predict_all(args: argparse.Namespace, emit: Any) -> None:
     for job in cases:
         emit("progress", stage="reading", done=0, total=1, case=job.case)
         volume = read_volume(job.image)
-        box = None if roi is None else box_from_ras(volume, *roi)
+        box = None if roi is None else box_from_corners(volume, roi)
         emit("progress", stage="reading", done=1, total=1, case=job.case)
         with tqdm(desc=job.case, unit="window", leave=False, disable=None, file=sys.stderr) as bar:
 
@@ -312,12 +321,14 @@ def _predict_all(args: argparse.Namespace, emit: Any) -> None:
             result = predictor.predict_volume(
                 volume, progress, probabilities=args.probabilities, roi=box
             )
-        warning = volume_warning(
-            result.label, predictor.label_volume_ml, f"{job.case}'s segmentation"
-        )
-        if warning is not None:
+        where = f"{job.case}'s image" + ("" if box is None else " inside the region of interest")
+        warning = constant_image_warning(volume.array if box is None else volume.array[box], where)
+        check = "constant" if warning is not None else volume_check(result.label, expected)
+        if warning is None:
+            warning = volume_warning(result.label, expected, f"{job.case}'s segmentation")
+        if warning is not None:  # check: what a front end can act on ("too_large": give a box)
             log.warning("%s", warning)
-            emit("warning", case=job.case, message=warning)
+            emit("warning", case=job.case, message=warning, check=check)
         emit("progress", stage="writing", done=0, total=1, case=job.case)
         write_volume(result.label, job.label_out, overwrite=args.overwrite)
         if job.prob_out is not None and result.probabilities is not None:

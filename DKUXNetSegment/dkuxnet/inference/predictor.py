@@ -68,8 +68,10 @@ from dkuxnet.errors import CheckpointError, ConfigError, InputError
 from dkuxnet.io import Volume
 from dkuxnet.orientation import to_canonical
 from dkuxnet.preprocessing import (
+    check_grid_size,
     crop_volume,
     foreground_box,
+    is_constant,
     normalize_image,
     resample_onto,
     resample_to_spacing,
@@ -494,8 +496,24 @@ class Predictor:
             predictor was built with ``uncertainty``. Outside the foreground crop (constant
             padding, never segmented) the probability and the uncertainty are 0. A volume stored
             in another voxel order is predicted in the canonical one and mapped back exactly
-            (:mod:`dkuxnet.orientation`).
+            (:mod:`dkuxnet.orientation`). A constant image (inside the box) has nothing to
+            segment: its label, probability and uncertainty are 0, without running the
+            networks (which would otherwise find an "atrium" in it).
+
+        Raises:
+            InputError: resampling to the training spacing would need an absurdly large grid
+                (a broken spacing in the header: :func:`check_grid_size`).
         """
+        if roi is None and is_constant(volume.array):
+            log.warning("the image is constant (every voxel is %s): nothing to segment",
+                        volume.array.flat[0])  # fmt: skip
+            zero = volume.with_array(np.zeros(volume.array.shape, np.float32))
+            return PredictionResult(
+                label=volume.with_array(np.zeros(volume.array.shape, np.uint8)),
+                probabilities=zero if probabilities else None,
+                uncertainty=zero if self.uncertainty is not None else None,
+                uncertainty_measure=self.uncertainty,
+            )
         if roi is not None:
             inner = self.predict_volume(crop_volume(volume, roi), progress, probabilities)
             return _pasted(inner, volume, roi)
@@ -535,6 +553,7 @@ class Predictor:
         work = volume
         resampled = bool(target) and not np.allclose(volume.spacing, target, rtol=1e-6, atol=0)
         if resampled:
+            check_grid_size(volume, target, self.patch_size)
             work = resample_to_spacing(volume, target, interpolator=sitk.sitkLinear)
             log.debug(
                 "resampled %s at %s mm to %s at %s mm",
