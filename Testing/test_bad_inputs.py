@@ -23,9 +23,9 @@ from dkuxnet.errors import InputError
 from dkuxnet.events import read_events
 from dkuxnet.inference import Predictor
 from dkuxnet.inference import predictor as predictor_module
-from dkuxnet.preprocessing import MAX_GRID_VOXELS, check_grid_size
 from dkuxnet.inference.roi import constant_image_warning
 from dkuxnet.io import Volume, read_volume, write_volume
+from dkuxnet.preprocessing import MAX_GRID_VOXELS, check_grid_size
 
 TARGET = (1.25, 1.25, 1.25)
 ABSURD = (1e-6, 1e-6, 1e6)  # (x, y, z) mm

@@ -22,6 +22,7 @@ from dkuxnet.data import load_dataset
 from dkuxnet.errors import CheckpointError, ConfigError, OutputExistsError, RunLockedError
 from dkuxnet.events import read_events
 from dkuxnet.io import read_volume
+from dkuxnet.run_config import FINE_TUNE_MODE
 from dkuxnet.synthetic import write_synthetic_dataset
 from dkuxnet.training import Trainer
 from dkuxnet.training.checkpoint import export_model, load_checkpoint
@@ -281,8 +282,9 @@ def test_fine_tune_from_init_keeps_the_init_model_settings(dataset: Path, tmp_pa
     assert tuned["label_volume_ml"] == pytest.approx([0.5 * min(ml), max(3.0, max(ml))])
     assert tuned["train_config"].model == cfg.model
     assert tuned["train_config"].data.patch_size == cfg.data.patch_size
-    assert tuned["train_config"].training.mode == "dual"  # the method, not the init's recipe
-    assert len(tuned["networks"]) == 2
+    # the fine-tune's own method, not the init's recipe (supervised here)
+    assert tuned["train_config"].training.mode == FINE_TUNE_MODE == "pseudo"
+    assert len(tuned["networks"]) == 1
 
 
 def test_prefetching_does_not_change_the_run(dataset: Path, tmp_path: Path) -> None:

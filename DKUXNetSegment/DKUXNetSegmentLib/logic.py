@@ -81,10 +81,11 @@ PREDICT_STAGES: dict[str, tuple[float, float]] = {
     "predicting": (0.05, 0.95),
     "writing": (0.95, 1.0),
 }
-# Fine-tune length unless the user changes it. The bundled model's recipe (dual mode, its patch
-# and spacing, bf16) takes about 3.4 s per iteration on a 2-core CPU (measured with `dkuxnet
-# estimate`), so 250 iterations fit about 14 minutes there; Estimate time measures the user's
-# own machine. Also the value of iterationsSpinBox in Resources/UI/DKUXNetSegment.ui.
+# Fine-tune length unless the user changes it. A fine-tune from a model runs in pseudo mode
+# (dkuxnet.run_config.FINE_TUNE_MODE): one network, about the cost of a supervised iteration
+# (1.0 s on a 2-core bf16 CPU, 2.5-4 s on one without bf16), after the start model has labelled
+# the unlabeled scans once; the paper's dual mode took 3.4 s on the bf16 CPU. Estimate time
+# measures the user's own machine. Also the value of iterationsSpinBox in the .ui file.
 DEFAULT_FINE_TUNE_ITERATIONS = 250
 CANCEL_GRACE_S = 30.0
 # Prediction has nothing to save; where the polite signal cannot arrive (Windows), Cancel
