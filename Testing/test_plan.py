@@ -202,7 +202,8 @@ def test_estimate_measures_the_recipe_of_a_fine_tune(
                      "--device", "cpu", "--repeats", "1"])  # fmt: skip
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["mode"] == "dual" and result["patch_size"] == [16, 32, 32]
+    # a fine-tune's own mode (run_config.FINE_TUNE_MODE), not the paper's dual default
+    assert result["mode"] == "pseudo" and result["patch_size"] == [16, 32, 32]
     assert result["s_per_iteration"] > 0
     assert result["total_s"] == pytest.approx(40 * result["s_per_iteration"])
     assert not list(tmp_path.glob("run*"))  # nothing written
