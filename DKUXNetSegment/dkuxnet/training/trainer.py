@@ -183,6 +183,10 @@ def _perturb(net: nn.Module, scale: float, seed: int) -> None:
 PSEUDO_DIR = "pseudo"
 
 
+def _pseudo_label_path(folder: Path, case: Case) -> Path:
+    return folder / f"{case.name}.nii.gz"
+
+
 def pseudo_label_cases(
     checkpoint: str | os.PathLike[str],
     cases: Sequence[Case],
@@ -206,14 +210,17 @@ def pseudo_label_cases(
     teacher: Predictor | None = None
     out = []
     for done, case in enumerate(cases, start=1):
-        path = folder / f"{case.name}.nii.gz"
-        if not path.exists():
+        path = _pseudo_label_path(folder, case)
+        if path.exists():
+            found = bool(read_volume(path, what="label").array.any())
+        else:
             if teacher is None:
                 teacher = Predictor.from_checkpoint(checkpoint, device=device, tta=tta)
             image = read_volume(case.image)
             label = teacher.predict_label(image.array)
             write_volume(image.with_array(label.astype(np.uint8)), path)
-        if read_volume(path, what="label").array.any():
+            found = bool(label.any())
+        if found:
             out.append(Case(case.name, case.image, path))
         else:
             log.info("pseudo-labels: the start model found nothing in %s; left out", case.name)
@@ -396,13 +403,15 @@ class Trainer:
             train_cases = resample_cases(train_cases, cfg.data.target_spacing, cache)
             val_cases = resample_cases(val_cases, cfg.data.target_spacing, cache)
             unlabeled_cases = resample_cases(unlabeled_cases, cfg.data.target_spacing, cache)
-        if self.pseudo and unlabeled_cases:
+        # pseudo mode: label the unlabeled scans only when patches of them are drawn
+        pseudo_stream = self.pseudo and cfg.data.unlabeled_batch > 0
+        if pseudo_stream and unlabeled_cases:
             unlabeled_cases = self._pseudo_labels(unlabeled_cases, dist_info, events)
         state = self._setup(dist_info)
         total, start = tcfg.iterations, state.iteration
         sampler = TwoStreamSampler(
             train_cases,
-            unlabeled_cases,
+            unlabeled_cases if self.dual else [],  # pseudo mode: their own stream below
             cfg.data.patch_size,
             labeled_batch=cfg.data.labeled_batch,
             unlabeled_batch=cfg.data.unlabeled_batch if self.dual else 0,
@@ -413,7 +422,7 @@ class Trainer:
             num_classes=cfg.model.out_channels,
         )
         sampler.preload()
-        if self.pseudo and unlabeled_cases and cfg.data.unlabeled_batch > 0:
+        if pseudo_stream and unlabeled_cases:
             # the pseudo-labeled scans: a labeled stream of their own, its own seed
             self._pseudo_sampler = TwoStreamSampler(
                 unlabeled_cases,
@@ -493,7 +502,7 @@ class Trainer:
         """``pseudo`` mode: the unlabeled ``cases`` labeled by the start model (see
         :func:`pseudo_label_cases`), cached in the run folder so that a resume reuses them."""
         folder = self.run_dir / PSEUDO_DIR / f"rank{dist_info.rank}"
-        missing = [c for c in cases if not (folder / f"{c.name}.nii.gz").exists()]
+        missing = [c for c in cases if not _pseudo_label_path(folder, c).exists()]
         if missing and self.init is None:
             raise CheckpointError(
                 f"{folder}: the pseudo-labels of {len(missing)} unlabeled scan(s) are missing "
