@@ -54,6 +54,8 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "DKUXNetSegment"))  # the module folder, as Slicer does
 
+from fine_tune_start import SHIFT, bias_field, unit_range  # noqa: E402
+
 from dkuxnet.data import Case, load_dataset  # noqa: E402
 from dkuxnet.inference import Predictor  # noqa: E402
 from dkuxnet.io import Volume, read_volume, write_volume  # noqa: E402
@@ -76,33 +78,21 @@ SCANNERS = ("thick-slices", "low-res", "bias-oblique")
 LABELED, UNLABELED, HELD_OUT = 4, 16, 8
 
 
-def _unit(a: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(a, (0.5, 99.5))
-    return np.clip((a - lo) / (hi - lo + 1e-6), 0.0, 1.0)
-
-
-def _bias(shape: tuple[int, ...], rng: np.random.Generator, strength: float) -> np.ndarray:
-    coarse = rng.normal(0.0, 1.0, (3, 4, 4))
-    field = ndimage.zoom(coarse, np.array(shape) / np.array(coarse.shape), order=3)
-    field = field[: shape[0], : shape[1], : shape[2]]
-    return np.exp(strength * field / (np.abs(field).max() + 1e-6))
-
-
 def simulate(image: Volume, label: Volume, scanner: str, seed: int) -> tuple[Volume, Volume]:
     """The scan and its label as ``scanner`` would give them (deterministic in ``seed``)."""
     rng = np.random.default_rng(seed)
     a = image.array.astype(np.float32)
-    if scanner == "thick-slices":
-        a = ndimage.gaussian_filter(a, (2.0, 0, 0))  # (z, y, x): ~1.25 mm more along z
-        out = _unit(a) ** 0.5 * _bias(a.shape, rng, 0.4)
-        out += rng.normal(0.0, 0.08, a.shape)
+    if scanner == "thick-slices":  # fine_tune_start.py's --shift look, in scanner units
+        a = ndimage.gaussian_filter(a, (SHIFT["blur_z"], 0, 0))
+        out = unit_range(a) ** SHIFT["gamma"] * bias_field(a.shape, rng, SHIFT["bias"])
+        out += rng.normal(0.0, SHIFT["noise"], a.shape)
         return image.with_array((1000 * out).astype(np.float32)), label
     if scanner == "low-res":
         new = np.array([1.0, 1.0, 2.0])  # x, y, z in mm
         sigma = np.maximum(new / np.asarray(image.spacing) / 2.5, 0)[::-1]  # anti-alias (z,y,x)
         blurred = image.with_array(ndimage.gaussian_filter(a, tuple(sigma)))
         coarse = resample_to_spacing(blurred, new, interpolator=sitk.sitkLinear)
-        u = _unit(coarse.array)
+        u = unit_range(coarse.array)
         out = 1.0 / (1.0 + np.exp(-(u - 0.45) / 0.12))  # saturating response
         out += rng.normal(0.0, 0.05, out.shape)
         grid = coarse.with_array((800 * out).astype(np.float32))
@@ -111,7 +101,7 @@ def simulate(image: Volume, label: Volume, scanner: str, seed: int) -> tuple[Vol
         )
         return grid, Volume.from_sitk(lab)
     if scanner == "bias-oblique":
-        out = _unit(a) ** 1.5 * _bias(a.shape, rng, 0.7)
+        out = unit_range(a) ** 1.5 * bias_field(a.shape, rng, 0.7)
         n1, n2 = rng.normal(0.0, 0.1, (2, *a.shape))
         out = np.sqrt((out + n1) ** 2 + n2**2)  # Rician
         stored = image.with_array((1200 * out).astype(np.float32))

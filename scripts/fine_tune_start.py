@@ -57,17 +57,26 @@ ARMS: dict[str, tuple[str, ...]] = {
 SHIFT = {"blur_z": 2.0, "gamma": 0.5, "bias": 0.4, "noise": 0.08}
 
 
+def unit_range(a: np.ndarray) -> np.ndarray:
+    """``a`` mapped to [0, 1] between its 0.5th and 99.5th percentiles (clipped)."""
+    lo, hi = np.percentile(a, (0.5, 99.5))
+    return np.clip((a - lo) / (hi - lo + 1e-6), 0.0, 1.0)
+
+
+def bias_field(shape: tuple[int, ...], rng: np.random.Generator, strength: float) -> np.ndarray:
+    """A smooth multiplicative field over ``shape``, ``exp(±strength)`` at its extremes."""
+    coarse = rng.normal(0.0, 1.0, (3, 4, 4))
+    field = ndimage.zoom(coarse, np.array(shape) / np.array(coarse.shape), order=3)
+    field = field[: shape[0], : shape[1], : shape[2]]
+    return np.exp(strength * field / (np.abs(field).max() + 1e-6))
+
+
 def shifted(image: Volume, seed: int) -> Volume:
     """The scan as another scanner might give it: thick slices (blur along z), a compressing
     gamma curve (less blood/tissue contrast), a smooth bias field and noise."""
     rng = np.random.default_rng(seed)
     a = ndimage.gaussian_filter(image.array.astype(np.float32), (SHIFT["blur_z"], 0, 0))
-    lo, hi = np.percentile(a, (0.5, 99.5))
-    unit = np.clip((a - lo) / (hi - lo + 1e-6), 0, 1)
-    coarse = rng.normal(0.0, 1.0, (3, 4, 4))
-    field = ndimage.zoom(coarse, np.array(a.shape) / np.array(coarse.shape), order=3)
-    field = np.exp(SHIFT["bias"] * field / (np.abs(field).max() + 1e-6))
-    out = unit ** SHIFT["gamma"] * field[: a.shape[0], : a.shape[1], : a.shape[2]]
+    out = unit_range(a) ** SHIFT["gamma"] * bias_field(a.shape, rng, SHIFT["bias"])
     out += rng.normal(0.0, SHIFT["noise"], a.shape)
     return image.with_array(out.astype(np.float32))
 
