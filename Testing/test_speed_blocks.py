@@ -194,3 +194,38 @@ def test_lite_preset_full_resolution_stage_is_narrow() -> None:
     net = DualKMaXUXNet(tiny_model_config(full_res_channels=4, refine_block=False))
     assert net.cnn_decoder.feature_channels[-1] == 4
     assert isinstance(net.cnn_decoder.refine, nn.Identity)
+
+
+@pytest.mark.parametrize(
+    ("batch", "channels", "size"), [(1, 8, (8, 12, 10)), (1, 3, (5, 4, 6)), (2, 8, (8, 12, 10))]
+)
+def test_guarded_convolution_equals_the_stock_one_in_value_and_gradient(
+    batch: int, channels: int, size: tuple[int, int, int]
+) -> None:
+    """The single-sample oneDNN route (and the batched stock one) compute the same function."""
+    torch.manual_seed(0)
+    stock = nn.Conv3d(channels, 5, 3, padding=1, stride=(1, 2, 1))
+    guarded = guard_bf16_convolutions(nn.Sequential(nn.Conv3d(channels, 5, 3, padding=1)))[0]
+    guarded.stride = stock.stride
+    guarded.load_state_dict(stock.state_dict())
+    x = torch.randn(batch, channels, *size, requires_grad=True)
+    y_stock, y_guarded = stock(x), guarded(x)
+    torch.testing.assert_close(y_guarded, y_stock, rtol=1e-4, atol=1e-5)
+    g = torch.randn_like(y_stock)
+    grads_stock = torch.autograd.grad(y_stock, (x, stock.weight, stock.bias), g)
+    grads_guarded = torch.autograd.grad(y_guarded, (x, guarded.weight, guarded.bias), g)
+    for a, b in zip(grads_guarded, grads_stock, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_single_sample_fp32_cpu_convolutions_go_to_onednn() -> None:
+    """PyTorch's own rule would run these on its slow native kernel (B*C*D*H <= 20480)."""
+    from dkuxnet.model.blocks import _use_onednn_for_single_sample
+
+    conv = guard_bf16_convolutions(nn.Sequential(nn.Conv3d(8, 8, 3, padding=1)))[0]
+    one, two = torch.zeros(1, 8, 32, 64, 80), torch.zeros(2, 8, 32, 64, 80)
+    assert _use_onednn_for_single_sample(one, conv) is torch.backends.mkldnn.is_available()
+    assert not _use_onednn_for_single_sample(two, conv)
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert not _use_onednn_for_single_sample(one, conv)
+        assert conv(one).shape == (1, 8, 32, 64, 80)
