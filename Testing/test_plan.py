@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 import math
+import types
 from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
+import torch
 
+import dkuxnet.device
 from dkuxnet.cli import main as cli_main
 from dkuxnet.config import ModelConfig
+from dkuxnet.errors import InputError
+from dkuxnet.io import Volume, read_volume, write_volume
 from dkuxnet.plan import (
     MAX_BUDGET,
     Fingerprint,
@@ -207,3 +214,155 @@ def test_estimate_measures_the_recipe_of_a_fine_tune(
     assert result["s_per_iteration"] > 0
     assert result["total_s"] == pytest.approx(40 * result["s_per_iteration"])
     assert not list(tmp_path.glob("run*"))  # nothing written
+
+
+# ---------------------------------------------------------------------------------------------
+# Mutation testing of plan.py (docs/mutation.md): every expected value below is worked out by
+# hand from the rules in the module docstring, not read from the code's output.
+
+
+def test_the_reasons_say_what_was_planned() -> None:
+    # LA on 2 bf16 cores: 183 / 2 = 91.5 rounds (half to even) to 92
+    assert make_plan(LA, Machine("cpu", 2, True), LITE).reasons == [
+        "dataset: 80 images, median spacing 0.625 x 0.625 x 0.625 mm (x, y, z), median size "
+        "88 x 140 x 183 (z, y, x)",
+        "machine: CPU, 2 cores, native bf16 -> 163,840 voxels per patch",
+        "spacing x2 -> 1.25 x 1.25 x 1.25 mm (median image 44 x 70 x 92 voxels there)",
+        "patch 32 x 64 x 80 (z, y, x), batch 2 labeled + 2 unlabeled",
+    ]
+    # an anisotropic dataset on a 24 GB GPU: 40 x 200 x 180 = 1.44 M <= 8 x 1,003,520, factor
+    # 1; (48, 208, 192) shrinks z (ratio 1.2), x (1.067), y (1.04), x to 32 x 192 x 160
+    fp = Fingerprint(spacing=(0.7, 0.8, 2.5), shape=(40, 200, 180), cases=3)
+    plan = make_plan(fp, Machine("cuda", 8, True, 24.0), LITE)
+    assert plan.target_spacing == (0.7, 0.8, 2.5)  # x, y, z each kept on its own axis
+    assert plan.patch_size == (32, 192, 160)
+    assert plan.reasons == [
+        "dataset: 3 images, median spacing 0.7 x 0.8 x 2.5 mm (x, y, z), median size "
+        "40 x 200 x 180 (z, y, x)",
+        "machine: GPU with 24 GB -> 1,003,520 voxels per patch",
+        "spacing x1 -> 0.7 x 0.8 x 2.5 mm (median image 40 x 200 x 180 voxels there)",
+        "patch 32 x 192 x 160 (z, y, x), batch 2 labeled + 2 unlabeled",
+    ]
+    assert Machine("cpu", 16, False).describe() == "CPU, 16 cores, fp32 only"
+
+
+@pytest.mark.parametrize(
+    "machine, shape, factor",
+    [
+        # exactly twice the budget of 2 bf16 cores (2 x 163,840 = 32 * 80 * 128): "at most"
+        # twice, so full resolution
+        (Machine("cpu", 2, True), (32, 80, 128), 1.0),
+        # a 6 GB GPU (budget 501,760): 4.2 M voxels is over 8 budgets (4,014,080), under 9
+        (Machine("cuda", 8, True, 6.0), (100, 200, 210), 1.5),
+        # 27 M voxels on 2 bf16 cores: even / 4^3 (421,875) is over 327,680: the coarsest, 4
+        (Machine("cpu", 2, True), (300, 300, 300), 4.0),
+    ],
+    ids=["cpu-exactly-twice", "gpu-over-eight", "none-fits"],
+)
+def test_the_spacing_factor_at_its_boundaries(
+    machine: Machine, shape: tuple[int, int, int], factor: float
+) -> None:
+    fp = Fingerprint(spacing=(1.0, 1.0, 1.0), shape=shape, cases=1)
+    assert make_plan(fp, machine, LITE).target_spacing == (factor,) * 3
+
+
+def test_planned_spacings_are_rounded_to_four_decimals() -> None:
+    # 0.703125 mm (180 mm over 256 voxels) x 1.5 = 1.0546875 -> 1.0547; 2.5 x 1.5 = 3.75.
+    # 16 bf16 cores: budget 1,003,520; 2.25 M voxels > 2 budgets, / 1.5^3 = 666,667 within
+    fp = Fingerprint(spacing=(0.703125, 0.703125, 2.5), shape=(100, 150, 150), cases=1)
+    plan = make_plan(fp, Machine("cpu", 16, True), LITE)
+    assert plan.target_spacing == (1.0547, 1.0547, 3.75)
+
+
+def test_budget_edges() -> None:
+    # a GPU whose memory is unknown (or 0) gets the floor: one stride cube, 16^3
+    assert voxel_budget(Machine("cuda", 8, True, None), LITE) == 4096
+    assert voxel_budget(Machine("cuda", 8, True, 0.0), LITE) == 4096
+    # the paper network on a large GPU: a quarter of the full budget, 1,003,520 / 4
+    assert voxel_budget(Machine("cuda", 8, True, 80.0), PAPER) == 250_880
+    # wider than lite (16) pays the paper network's rate: 163,840 / 4
+    wider = ModelConfig.preset("lite", feature_sizes=(17, 32, 64, 128))
+    assert voxel_budget(Machine("cpu", 2, True), wider) == 40_960
+    assert voxel_budget(Machine("cpu", 2, True), LITE) == 163_840
+
+
+def test_patch_never_goes_below_one_stride() -> None:
+    # a budget smaller than one 16^3 cube: the smallest patch the network takes
+    assert plan_patch((8, 8, 8), 1000, 16) == (16, 16, 16)
+    assert plan_patch((8, 40, 8), 1000, 16) == (16, 16, 16)
+
+
+def test_plan_as_overrides() -> None:
+    plan = make_plan(LA, Machine("cpu", 2, True), LITE)
+    assert plan.as_overrides() == {
+        "data.target_spacing": [1.25, 1.25, 1.25],
+        "data.patch_size": [32, 64, 80],
+        "data.labeled_batch": 2,
+        "data.unlabeled_batch": 2,
+    }
+
+
+def _images(folder: Path) -> list[Path]:
+    """Three images: spacings (x, y, z) and sizes (z, y, x) whose medians are known."""
+    cases = [((0.5, 0.7, 2.0), (6, 8, 10)), ((0.9, 1.0, 3.0), (12, 16, 20)),
+             ((0.6, 0.8, 2.5), (7, 9, 11))]  # fmt: skip
+    return [
+        write_volume(Volume(np.zeros(size, np.int16), spacing), folder / f"case{i}.nrrd")
+        for i, (spacing, size) in enumerate(cases)
+    ]
+
+
+def test_fingerprint_takes_the_median_of_each_axis(tmp_path: Path) -> None:
+    fp = fingerprint(_images(tmp_path))
+    assert fp == Fingerprint(spacing=(0.6, 0.8, 2.5), shape=(7, 9, 11), cases=3)
+
+
+def test_fingerprint_reads_headers_only(tmp_path: Path) -> None:
+    path = _images(tmp_path)[0]
+    text = path.read_bytes()
+    path.write_bytes(text[: text.index(b"\n\n") + 2] + b"\x1f\x8b")  # the data cut off
+    with pytest.raises(InputError):
+        read_volume(path)  # the file as a whole no longer reads ...
+    assert fingerprint([path]) == Fingerprint((0.5, 0.7, 2.0), (6, 8, 10), 1)  # its header does
+
+
+def test_fingerprint_reads_the_whole_file_when_the_header_will_not_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreadable(self: object) -> None:
+        raise RuntimeError("no header reader for this format")
+
+    monkeypatch.setattr(sitk.ImageFileReader, "ReadImageInformation", unreadable)
+    fp = fingerprint(_images(tmp_path))
+    assert fp == Fingerprint(spacing=(0.6, 0.8, 2.5), shape=(7, 9, 11), cases=3)
+
+
+def test_fingerprint_refuses_no_images_and_2d_images(tmp_path: Path) -> None:
+    with pytest.raises(InputError) as empty:
+        fingerprint([])
+    assert str(empty.value) == "cannot plan without images"
+    flat = tmp_path / "flat.nrrd"
+    sitk.WriteImage(sitk.Image(8, 8, sitk.sitkFloat32), str(flat))
+    with pytest.raises(InputError, match="flat.nrrd: expected a 3D image, got 2 dimension"):
+        fingerprint([flat])
+
+
+def test_this_machine_profiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the default is "auto": CUDA where there is one
+    assert this_machine().device == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(dkuxnet.device, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert this_machine("cpu") == Machine("cpu", 1, True)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    assert this_machine("cpu") == Machine("cpu", 3, True)
+
+    # a GPU of 24e9 bytes, without touching CUDA
+    gpu = torch.device("cuda", 0)
+
+    def properties(device: torch.device) -> types.SimpleNamespace:
+        assert device == gpu
+        return types.SimpleNamespace(total_memory=24_000_000_000)
+
+    monkeypatch.setattr(dkuxnet.device, "resolve_device", lambda name: gpu)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
+    assert this_machine("cuda") == Machine("cuda", 3, True, 24.0)
