@@ -114,8 +114,12 @@ def _toml_table(name: str, table: dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stage(target: Target, work: Path) -> None:
-    """A fresh ``work`` folder: ``src/`` (the package folder), ``Testing/``, ``pyproject.toml``."""
+def stage(target: Target, work: Path, timeout_multiplier: float | None = None) -> None:
+    """A fresh ``work`` folder: ``src/`` (the package folder), ``Testing/``, ``pyproject.toml``.
+
+    ``timeout_multiplier`` replaces mutmut's (15): a mutant's tests may run that many times
+    their clean duration, plus one second, in wall-clock time, before it counts as a timeout.
+    """
     if work.exists():
         shutil.rmtree(work)
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pt")
@@ -125,13 +129,17 @@ def stage(target: Target, work: Path) -> None:
     mutmut = dict(settings["mutmut"])
     mutmut["only_mutate"] = [target.path]
     mutmut["pytest_add_cli_args_test_selection"] = list(target.tests)
+    if timeout_multiplier is not None:
+        mutmut["timeout_multiplier"] = timeout_multiplier
     text = _toml_table("tool.pytest.ini_options", settings["pytest"]["ini_options"])
     text += "\n" + _toml_table("tool.mutmut", mutmut)
     (work / "pyproject.toml").write_text(text, encoding="utf-8")
 
 
-def run(name: str, target: Target, work: Path, workers: int) -> int:
-    stage(target, work)
+def run(
+    name: str, target: Target, work: Path, workers: int, timeout_multiplier: float | None = None
+) -> int:
+    stage(target, work, timeout_multiplier)
     mutmut = Path(sys.executable).with_name("mutmut")
     command = [str(mutmut), "run", "--max-children", str(workers), *target.mutant_patterns()]
     print(f"== {name}: {target.path} against {' '.join(target.tests)}", flush=True)
@@ -158,6 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the targets and stop")
     parser.add_argument("--workers", type=int, default=1, help="mutants tested at once")
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "mutation")
+    parser.add_argument(
+        "--timeout-multiplier",
+        type=float,
+        help="mutmut's timeout_multiplier (default 15); raise it on a busy machine, where a "
+        "mutant of fast tests otherwise times out waiting for the CPU",
+    )
     args = parser.parse_args(argv)
     if args.list:
         for name, target in TARGETS.items():
@@ -167,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     names = list(TARGETS) if args.all else args.targets
     if not names:
         parser.error("name targets (see --list) or give --all")
-    codes = [run(name, TARGETS[name], args.work / name, args.workers) for name in names]
+    codes = [
+        run(name, TARGETS[name], args.work / name, args.workers, args.timeout_multiplier)
+        for name in names
+    ]
     return max(codes)
 
 
