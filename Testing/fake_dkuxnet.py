@@ -14,6 +14,8 @@ makes ``train`` deaf to SIGTERM, as a Windows child of Slicer is to console cont
 validation, every second iteration; the last one repeats; by default it rises every time). As
 in the real trainer, the validation event says ``best`` and ``best.pt`` is written only when
 the Dice beats the best so far, which ``last.pt`` remembers for a resume.
+``FAKE_DKUXNET_START_DICE=0.9`` makes a fine-tune (``--init``) validate its start model first,
+as iteration 0, as the real trainer does.
 """
 
 from __future__ import annotations
@@ -81,6 +83,12 @@ def train(args: argparse.Namespace) -> int:
     if os.environ.get("FAKE_DKUXNET_FAIL"):
         events.emit("finished", status="failed", error="fake train: out of memory")
         return 1
+    start_dice = os.environ.get("FAKE_DKUXNET_START_DICE")
+    if start_dice and args.init and not args.resume:  # the real trainer validates --init first
+        best = float(start_dice)
+        events.emit("validation", iteration=0, dice={"case0": best}, mean_dice=best, best=True)
+        (run / "best.pt").write_text(json.dumps({"iteration": 0, "best_metric": best}))
+        events.emit("checkpoint", iteration=0, path=str(run / "best.pt"), kind="best")
     delay = float(os.environ.get("FAKE_DKUXNET_SLEEP", "0.01"))
     it = start
     for it in range(start + 1, args.iterations + 1):

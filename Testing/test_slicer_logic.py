@@ -392,6 +392,21 @@ def test_fine_tune_adopts_the_best_model_not_the_last(scene, logic, monkeypatch)
     assert json.loads(Path(adopted).read_text()) == {"iteration": 4, "best_metric": 0.8}
 
 
+def test_fine_tune_that_does_not_beat_its_start_model_keeps_it(scene, logic, monkeypatch) -> None:
+    """The trainer validates the start model as iteration 0 (Dice 0.9 here); no later
+    validation beats it, so its weights stay in best.pt and the status says so."""
+    monkeypatch.setenv("FAKE_DKUXNET_START_DICE", "0.9")
+    monkeypatch.setenv("FAKE_DKUXNET_DICE", "0.5,0.8,0.6")
+    pair, _ = make_pair(scene, "L1", 1)
+    task = logic.start_fine_tune([pair], iterations=6, init_model="m.pt")
+    assert task.wait(TIMEOUT) is JobState.COMPLETED, task.error
+    assert json.loads(task.run_dir.joinpath("best.pt").read_text())["iteration"] == 0
+    assert task.model_path == task.run_dir / "best.pt" and task.best_iteration == 0
+    assert "best validation Dice 0.900 (the start model's" in task.status
+    dice = task.plots.dice_table.GetTable().GetColumnByName("mean Dice")
+    assert [dice.GetValue(i) for i in range(4)] == pytest.approx([0.9, 0.5, 0.8, 0.6])
+
+
 def test_fine_tune_cancel_then_resume(scene, logic, monkeypatch) -> None:
     monkeypatch.setenv("FAKE_DKUXNET_SLEEP", "0.2")
     pair, _ = make_pair(scene, "L1", 1)

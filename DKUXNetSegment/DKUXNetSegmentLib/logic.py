@@ -715,6 +715,7 @@ class FineTuneTask(Task):
         self.run_dir = run_dir
         self.plots = plots
         self.best_dice: float | None = None
+        self.best_iteration: int | None = None  # 0: the start model stayed the best
         self.iteration = 0
         self.total: int | None = None
         self.model_path: Path | None = None
@@ -768,6 +769,7 @@ class FineTuneTask(Task):
                 self.best_dice = max(self.best_dice or 0.0, float(mean))
         elif kind == "checkpoint" and event.get("kind") == "best":
             self.model_path = Path(event["path"])
+            self.best_iteration = int(event.get("iteration", -1))
 
     def _on_success(self) -> None:
         found = model_checkpoint(self.run_dir)
@@ -777,6 +779,8 @@ class FineTuneTask(Task):
         super()._on_success()
         if self.best_dice is not None:
             self.status += f", best validation Dice {self.best_dice:.3f}"
+        if self.best_iteration == 0:  # the trainer validated the start model first
+            self.status += " (the start model's: the fine-tune did not beat it)"
 
 
 @dataclasses.dataclass(frozen=True)

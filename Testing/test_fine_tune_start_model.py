@@ -1,0 +1,146 @@
+"""A fine-tune (``--init``) replaces its start model only by beating it on the validation scans.
+
+The start weights are validated as iteration 0 and become ``best.pt`` (and ``last.pt``); the
+validation Dice is scripted as in ``test_selection.py``, so which weights end in ``best.pt``
+is known in advance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from tiny import TINY_MODEL
+
+from dkuxnet.config import ModelConfig, TrainConfig
+from dkuxnet.data import load_dataset
+from dkuxnet.events import read_events
+from dkuxnet.synthetic import write_synthetic_dataset
+from dkuxnet.training import Trainer
+from dkuxnet.training.checkpoint import load_checkpoint
+from dkuxnet.training.trainer import TrainingState
+
+Weights = list[dict[str, torch.Tensor]]
+
+
+def _config(iterations: int) -> TrainConfig:
+    base = TrainConfig.preset("lite")
+    return TrainConfig(
+        model=ModelConfig.preset("lite", **TINY_MODEL),
+        data=base.data.replace(patch_size=(16, 32, 32), labeled_batch=1, unlabeled_batch=1),
+        training=base.training.replace(
+            mode="supervised",
+            iterations=iterations,
+            val_every=1,
+            checkpoint_every=1,
+            schedule="constant",
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    write_synthetic_dataset(root, n_labeled=3, n_unlabeled=0, n_test=0, shape=(24, 40, 40), seed=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def start_model(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("start") / "run"
+    trainer = Trainer(_config(1), load_dataset(dataset), run, device="cpu")
+    _scripted(trainer, [0.5], {})
+    assert trainer.run() == "completed"
+    return run / "best.pt"
+
+
+def _scripted(trainer: Trainer, dice: Sequence[float], seen: dict[int, Weights]) -> None:
+    """Validate with the next value of ``dice`` (keeping the weights validated); each step
+    nudges every weight by +0.01 instead of training."""
+    values = iter(dice)
+
+    def step(state: TrainingState, *args: Any) -> dict[str, float]:
+        with torch.no_grad():
+            for model in state.models:
+                for p in model.parameters():
+                    p.add_(0.01)
+        state.optimizer.step()
+        return {"total": 1.0}
+
+    def validate(networks: Sequence[torch.nn.Module], cases: Any, iteration: int) -> dict:
+        seen[iteration] = [
+            {k: v.detach().clone() for k, v in n.state_dict().items()} for n in networks
+        ]
+        mean = next(values)
+        return {"dice": {"case": mean}, "mean_dice": mean}
+
+    trainer._validate = validate  # type: ignore[method-assign]
+    trainer._step = step  # type: ignore[method-assign,assignment]
+
+
+def _same(a: Weights, b: Weights) -> bool:
+    return all(torch.equal(x[k], y[k]) for x, y in zip(a, b, strict=True) for k in x)
+
+
+def _validations(run: Path) -> dict[int, bool]:
+    events = read_events(run / "events.jsonl")
+    return {e["iteration"]: e["best"] for e in events if e["event"] == "validation"}
+
+
+def test_a_fine_tune_that_does_not_beat_its_start_model_keeps_it(
+    dataset: Path, start_model: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "tuned"
+    trainer = Trainer(_config(3), load_dataset(dataset), run, device="cpu", init=start_model)
+    seen: dict[int, Weights] = {}
+    _scripted(trainer, [0.8, 0.7, 0.8, 0.75], seen)  # start, then worse, a tie, worse
+    assert trainer.run() == "completed"
+    assert _validations(run) == {0: True, 1: False, 2: False, 3: False}
+    best = load_checkpoint(run / "best.pt")
+    assert best["iteration"] == 0 and best["best_metric"] == 0.8
+    start = load_checkpoint(start_model)["networks"]
+    assert _same(best["networks"], start) and _same(seen[0], start)
+    assert not _same(load_checkpoint(run / "last.pt")["networks"], start)  # it did train
+
+
+def test_a_fine_tune_that_beats_its_start_model_replaces_it(
+    dataset: Path, start_model: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "tuned"
+    trainer = Trainer(_config(2), load_dataset(dataset), run, device="cpu", init=start_model)
+    seen: dict[int, Weights] = {}
+    _scripted(trainer, [0.6, 0.65, 0.62], seen)
+    assert trainer.run() == "completed"
+    assert _validations(run) == {0: True, 1: True, 2: False}
+    best = load_checkpoint(run / "best.pt")
+    assert best["iteration"] == 1 and _same(best["networks"], seen[1])
+
+
+def test_a_new_model_is_not_validated_before_training(dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "new"
+    trainer = Trainer(_config(1), load_dataset(dataset), run, device="cpu")
+    _scripted(trainer, [0.4], {})
+    assert trainer.run() == "completed"
+    assert _validations(run) == {1: True}
+
+
+def test_a_fine_tune_killed_before_its_first_step_resumes_with_the_start_models_score(
+    dataset: Path, start_model: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "tuned"
+    first = Trainer(_config(2), load_dataset(dataset), run, device="cpu", init=start_model)
+    _scripted(first, [0.9], {})
+    first.stop_event.set()  # stops after its first iteration: last.pt at iteration 1
+    first._loop = lambda *a, **k: "cancelled"  # type: ignore[method-assign]  # killed at once
+    first.run()
+    last = load_checkpoint(run / "last.pt")
+    assert last["iteration"] == 0 and last["best_metric"] == 0.9
+
+    resumed = Trainer(_config(2), load_dataset(dataset), run, device="cpu", resume=True)
+    _scripted(resumed, [0.85, 0.95], {})  # no second look at the start model
+    assert resumed.run() == "completed"
+    assert _validations(run) == {0: True, 1: False, 2: True}
+    assert load_checkpoint(run / "best.pt")["iteration"] == 2
