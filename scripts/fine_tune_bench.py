@@ -30,8 +30,13 @@ Arms (``--arms``; ``NAME@N`` runs NAME with N iterations instead of ``--iteratio
 networks, no consistency), ``dual`` (the paper's method: both consistency losses), ``pseudo``
 (the start model labels the unlabeled scans once, whole; one network learns from labeled +
 pseudo-labeled patches, a strong view of the latter), ``pseudo-weak`` (the patches as sampled),
-``pseudo-tta`` (the labels with flip test-time augmentation).
-Every finished arm's scores and wall-clock time (the panel's elapsed time, pseudo-labelling and
+``pseudo-tta`` (the labels with flip test-time augmentation); ``supervised-lr1e-4``,
+``pseudo-lr1e-4``, ``supervised-lr3e-5``, ``pseudo-lr3e-5`` (a fine-tune's learning rate below
+the 3e-4 of a new model).
+A fine-tune validates its start model first and keeps it unless the fine-tuned one scores
+higher on the labeled validation scan (the trainer's start check); the table says which model
+was adopted and, where the start model was kept, also scores the fine-tuned weights
+(``last.pt``). Every finished arm's scores and wall-clock time (the panel's elapsed time, pseudo-labelling and
 validation included) go to ``OUT/results.json``; ``OUT/table.md`` is rewritten after each arm.
 A run killed mid-arm resumes that arm's run on the next start (the panel's Resume).
 """
@@ -61,7 +66,8 @@ from dkuxnet.inference import Predictor  # noqa: E402
 from dkuxnet.io import Volume, read_volume, write_volume  # noqa: E402
 from dkuxnet.preprocessing import resample_to_spacing  # noqa: E402
 from dkuxnet.resources import default_model_path  # noqa: E402
-from dkuxnet.runs import can_resume  # noqa: E402
+from dkuxnet.runs import BEST_CHECKPOINT, LAST_CHECKPOINT, can_resume  # noqa: E402
+from dkuxnet.training.checkpoint import load_checkpoint  # noqa: E402
 
 log = logging.getLogger("fine_tune_bench")
 
@@ -73,6 +79,11 @@ ARMS: dict[str, tuple[str, ...]] = {
     "pseudo": ("training.mode=pseudo",),
     "pseudo-weak": ("training.mode=pseudo", "training.pseudo_view=weak"),
     "pseudo-tta": ("training.mode=pseudo", "training.pseudo_tta=true"),
+    # the learning rate of a fine-tune: 3e-4 is a new model's (AdamW, no warm-up)
+    "supervised-lr1e-4": ("training.mode=supervised", "training.lr=1e-4"),
+    "pseudo-lr1e-4": ("training.mode=pseudo", "training.lr=1e-4"),
+    "supervised-lr3e-5": ("training.mode=supervised", "training.lr=3e-5"),
+    "pseudo-lr3e-5": ("training.mode=pseudo", "training.lr=3e-5"),
 }
 SCANNERS = ("thick-slices", "low-res", "bias-oblique")
 LABELED, UNLABELED, HELD_OUT = 4, 16, 8
@@ -211,6 +222,21 @@ def fine_tune(
     return task.run_dir, elapsed_before + task.elapsed_s
 
 
+def guard_details(run_dir: Path, cases: dict[str, list[Case]]) -> dict:
+    """Which model the run adopted, and, when it kept its start model (the trainer validates
+    ``--init`` as iteration 0 and only a better Dice replaces it), the fine-tuned weights'
+    own scores (``last.pt``): what the fine-tune learned, apart from the guard."""
+    best = load_checkpoint(run_dir / BEST_CHECKPOINT)["iteration"]
+    out: dict = {"best_iteration": int(best)}
+    if best == 0:
+        last = run_dir / LAST_CHECKPOINT
+        out["fine_tuned"] = {
+            "unlabeled": dice_scores(last, cases["unlabeled"]),
+            "held_out": dice_scores(last, cases["held_out"]),
+        }
+    return out
+
+
 def table(results: dict) -> str:
     lines = [
         "Dice % on simulated new scanners: (a) the 16 unlabeled scans of the fine-tune, "
@@ -218,8 +244,8 @@ def table(results: dict) -> str:
         "same seed and iteration count where there is one.",
         "",
         "| scanner | arm | iterations | seed | time (s) | (a) unlabeled | (b) held-out "
-        "| (a) vs supervised | (b) vs supervised |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| (a) vs supervised | (b) vs supervised | adopted | fine-tuned weights (a) / (b) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, r in sorted(results.items()):
         scanner, arm, iters, seed = key.split("|")
@@ -231,10 +257,22 @@ def table(results: dict) -> str:
                 continue
             d = [r[part][c] - ref[part][c] for c in r[part]]
             diffs.append(f"{statistics.mean(d):+.2f} ({sum(x > 0 for x in d)}/{len(d)})")
+        adopted = own = ""
+        if "best_iteration" in r:
+            adopted = "start model" if r["best_iteration"] == 0 else f"it. {r['best_iteration']}"
+        elif arm != "bundled":
+            adopted = "last (no start check)"
+        if "fine_tuned" in r:
+            f = r["fine_tuned"]
+            own = (
+                f"{statistics.mean(f['unlabeled'].values()):.2f} / "
+                f"{statistics.mean(f['held_out'].values()):.2f}"
+            )
         lines.append(
             f"| {scanner} | {arm} | {iters} | {seed} | {r['time_s']:.0f} | "
             f"{statistics.mean(r['unlabeled'].values()):.2f} | "
-            f"{statistics.mean(r['held_out'].values()):.2f} | {diffs[0]} | {diffs[1]} |"
+            f"{statistics.mean(r['held_out'].values()):.2f} | {diffs[0]} | {diffs[1]} "
+            f"| {adopted} | {own} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -267,13 +305,18 @@ def main() -> None:
                     raise SystemExit(f"unknown arm {arm!r}; one of bundled, {', '.join(ARMS)}")
                 iters = 0 if arm == "bundled" else int(n or args.iterations)
                 key = f"{scanner}|{arm}|{iters}|{0 if arm == 'bundled' else seed}"
+                runs = args.out / "runs" / f"{scanner}-{arm}-{iters}-seed{seed}"
+                if key in results and arm != "bundled" and "best_iteration" not in results[key]:
+                    done = sorted(runs.glob("finetune*/run"))  # scored before the start check
+                    if done and (done[-1] / BEST_CHECKPOINT).exists():
+                        results[key] |= guard_details(done[-1], cases)
+                        results_path.write_text(json.dumps(results, indent=1))
                 if key in results:
                     continue
                 log.info("%s", key)
                 if arm == "bundled":
                     scored, elapsed = model, 0.0
                 else:
-                    runs = args.out / "runs" / f"{scanner}-{arm}-{iters}-seed{seed}"
                     settings = (*ARMS[arm], f"training.seed={seed}")
                     scored, elapsed = fine_tune(cases, settings, iters, model, runs)
                 results[key] = {
@@ -281,6 +324,8 @@ def main() -> None:
                     "unlabeled": dice_scores(scored, cases["unlabeled"]),
                     "held_out": dice_scores(scored, cases["held_out"]),
                 }
+                if arm != "bundled":
+                    results[key] |= guard_details(scored, cases)
                 results_path.write_text(json.dumps(results, indent=1))
                 (args.out / "table.md").write_text(table(results))
                 print(table(results), flush=True)
