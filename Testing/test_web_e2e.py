@@ -13,11 +13,15 @@ seconds, not the bundled model's minutes. The test checks:
 * an upload that is not an image gets the page's clear message and is not kept.
 
 Two environment variables serve the README's screenshot (they change nothing otherwise):
-``DKUXNET_WEB_SCREENSHOT=PATH`` also saves the page's screenshot there, and
-``DKUXNET_WEB_MODEL=bundled`` segments a 64^3 phantom with the bundled model instead::
+``DKUXNET_WEB_SCREENSHOT=PATH`` also saves the page's screenshot there (and prints the Dice of
+the saved segmentation when the phantom's label is known), and ``DKUXNET_WEB_MODEL`` segments
+another phantom with another model: ``bundled``, the bundled model on a 64^3 phantom, or a
+``dkuxnet demo --out`` folder, the model the demo trained on its first held-out test phantom,
+as the catalogue screenshot does (``Resources/Screenshots/make_screenshot.py``)::
 
-    DKUXNET_WEB_MODEL=bundled DKUXNET_WEB_SCREENSHOT=docs/web_front_end.png \\
-        .venv/bin/python -m pytest -q Testing/test_web_e2e.py
+    .venv/bin/dkuxnet demo --out demo_out
+    DKUXNET_WEB_MODEL=demo_out DKUXNET_WEB_SCREENSHOT=docs/web_front_end.png \\
+        .venv/bin/python -m pytest -q -s Testing/test_web_e2e.py
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dkuxnet.io import read_volume, write_volume
+from dkuxnet.io import Volume, read_label, read_volume, write_volume
 from dkuxnet.synthetic import make_phantom
 
 pytestmark = pytest.mark.slow
@@ -91,30 +95,43 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _model(tmp_path: Path) -> tuple[Path | None, tuple[int, int, int]]:
-    """The checkpoint (``None``: the page's default, the bundled model) and the phantom shape
-    of this run: a tiny model by default, see the docstring."""
-    if os.environ.get("DKUXNET_WEB_MODEL") == "bundled":
+def _model_and_phantom(tmp_path: Path) -> tuple[Path | None, Volume, Volume | None]:
+    """The checkpoint (``None``: the page's default, the bundled model), the phantom to
+    segment and its label when the run checks it: a tiny model by default, see the docstring."""
+    choice = os.environ.get("DKUXNET_WEB_MODEL")
+    if choice == "bundled":
         from dkuxnet.resources import default_model_path
 
         if default_model_path() is None:
             pytest.skip("this installation has no bundled model")
-        return None, (64, 64, 64)
+        image, label = make_phantom((64, 64, 64), seed=7)  # DKUXNetSegmentTest's phantom
+        return None, image, label
+    if choice:
+        demo = Path(choice).resolve()
+        tests = sorted((demo / "data" / "imagesTs").glob("*"))
+        if not tests or not (demo / "run" / "best.pt").is_file():
+            pytest.fail(f"DKUXNET_WEB_MODEL={choice} is not a finished `dkuxnet demo --out` folder")
+        image = read_volume(tests[0])
+        return (
+            demo / "run" / "best.pt",
+            image,
+            read_label(demo / "data" / "labelsTs" / tests[0].name, reference=image),
+        )
     sys.path.insert(0, str(HERE))
     from tiny import save_random_checkpoint, tiny_model_config
 
     from dkuxnet.config import DataConfig, TrainConfig
 
     config = TrainConfig(model=tiny_model_config(), data=DataConfig(patch_size=(16, 32, 32)))
-    return save_random_checkpoint(tmp_path / "tiny.pt", config, seed=TINY_SEED), PHANTOM_SHAPE
+    image, _ = make_phantom(PHANTOM_SHAPE, seed=7)  # DKUXNetSegmentTest's phantom
+    return save_random_checkpoint(tmp_path / "tiny.pt", config, seed=TINY_SEED), image, None
 
 
 @pytest.fixture()
 def server(requirements, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """``dkuxnet web`` on a free port over a data folder holding ``phantom.nrrd``."""
     data = tmp_path / "data"
-    model, shape = _model(tmp_path)
-    image, _ = make_phantom(shape, seed=7)  # DKUXNetSegmentTest's phantom
+    model, image, label = _model_and_phantom(tmp_path)
     write_volume(image, data / "phantom.nrrd")
     port = _free_port()
     log_path = tmp_path / "server.log"
@@ -129,7 +146,7 @@ def server(requirements, tmp_path: Path) -> Iterator[dict[str, Any]]:
         _wait_for(lambda: _answers(url) or process.poll() is not None, SERVER_START_S, "server")
         if process.poll() is not None:
             pytest.fail(f"dkuxnet web exited:\n{log_path.read_text(errors='replace')[-3000:]}")
-        yield {"url": url, "data": data, "image": image, "log": log_path}
+        yield {"url": url, "data": data, "image": image, "label": label, "log": log_path}
     finally:
         _stop(process)
 
@@ -301,6 +318,10 @@ def test_segment_a_phantom_in_the_browser(server, browser, tmp_path: Path) -> No
     driver.save_screenshot(str(screenshot))
     if os.environ.get("DKUXNET_WEB_SCREENSHOT"):
         shutil.copyfile(screenshot, os.environ["DKUXNET_WEB_SCREENSHOT"])
+        if server["label"] is not None:  # the number behind the screenshot's caption
+            truth, got = server["label"].array > 0, label.array > 0
+            dice = 2 * (truth & got).sum() / (truth.sum() + got.sum())
+            print(f"screenshot: Dice {dice:.4f} of the saved segmentation against the label")
 
     # an upload that is not an image: the page says so, and keeps nothing
     garbage = tmp_path / "notes.nrrd"
