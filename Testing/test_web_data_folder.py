@@ -3,6 +3,7 @@ upload that is not a readable 3D image is refused with a message that says so.""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import SimpleITK as sitk
 
 from dkuxnet.errors import InputError
 from dkuxnet.io import Volume, read_volume, write_volume
+from DKUXNetSegmentWeb import data_folder
 from DKUXNetSegmentWeb.data_folder import RUNS, SEGMENTATIONS, UPLOADS, DataFolder
 
 
@@ -74,7 +76,8 @@ def test_a_link_that_points_out_is_refused_and_not_listed(data: DataFolder) -> N
         pytest.skip("this file system cannot make symbolic links")
     with pytest.raises(InputError, match="outside the data folder"):
         data.resolve("link.nrrd")
-    assert "link.nrrd" not in data.volumes()
+    # not listed, and the files after it in the folder still are
+    assert data.volumes() == ["case.nrrd", "sub/other.nii.gz"]
 
 
 def test_missing_and_empty_choices(data: DataFolder) -> None:
@@ -146,3 +149,81 @@ def test_new_path_numbers_taken_names(data: DataFolder) -> None:
         "case_segmentation_1.nrrd"
     )
     assert data.new_path(SEGMENTATIONS, "b.nii.gz").name == "b.nii.gz"
+
+
+# ---------------------------------------------------------------------------------------------
+# Mutation testing of data_folder.py (docs/mutation.md)
+
+
+def test_messages_name_what_is_wrong(data: DataFolder, tmp_path: Path) -> None:
+    with pytest.raises(InputError) as nothing:
+        data.resolve("")
+    assert str(nothing.value) == "choose a file from the data folder"
+    with pytest.raises(InputError) as png:
+        data.save_upload("photo.png", b"\x89PNG")
+    assert str(png.value) == (
+        "'photo.png' is not a 3D image file this page can read; upload one of "
+        ".nrrd, .nii.gz, .nii, .mha"
+    )
+    # the reader's own message, about an *upload*, with the browser's name for the file
+    flat = tmp_path / "flat.nrrd"
+    sitk.WriteImage(sitk.Image(8, 8, sitk.sitkFloat32), str(flat))
+    with pytest.raises(InputError) as flat_error:
+        data.save_upload("my flat.nrrd", flat.read_bytes())
+    assert "upload file 'my flat.nrrd' is 2D" in str(flat_error.value)
+
+
+def test_a_stored_upload_is_logged(
+    data: DataFolder, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    content = write_volume(small_volume(), tmp_path / "scan.nrrd").read_bytes()
+    with caplog.at_level(logging.INFO, logger="DKUXNetSegmentWeb.data_folder"):
+        path = data.save_upload("scan.nrrd", content)
+    assert caplog.messages == [f"stored upload {path} ({len(content)} bytes)"]
+
+
+def test_the_listing_stops_at_its_limit(
+    data: DataFolder, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_volume(small_volume(), data.root / "zz.nrrd")  # walked last: case, notes, sub/, zz
+    monkeypatch.setattr(data_folder, "MAX_LISTED", 3)
+    assert data.volumes() == ["case.nrrd", "sub/other.nii.gz", "zz.nrrd"]  # all 3: no warning
+    assert caplog.messages == []
+    monkeypatch.setattr(data_folder, "MAX_LISTED", 2)
+    with caplog.at_level(logging.WARNING, logger="DKUXNetSegmentWeb.data_folder"):
+        assert data.volumes() == ["case.nrrd", "sub/other.nii.gz"]
+    assert caplog.messages == [f"listing only the first 2 images of {data.root}"]
+
+
+def test_upload_names_are_cleaned(data: DataFolder, tmp_path: Path) -> None:
+    content = write_volume(small_volume(), tmp_path / "scan.nrrd").read_bytes()
+    # unusual characters: each run becomes one "_"
+    assert data.save_upload("scan (1)#.nrrd", content).name == "scan _1_.nrrd"
+    # a leading dot would hide the file from the listing; a leading X is a letter like any
+    assert data.save_upload("..hidden.nrrd", content).name == "hidden.nrrd"
+    assert data.save_upload("X-ray.nrrd", content).name == "X-ray.nrrd"
+    assert data.volumes() == ["case.nrrd", "sub/other.nii.gz", "uploads/X-ray.nrrd",
+                              "uploads/hidden.nrrd", "uploads/scan _1_.nrrd"]  # fmt: skip
+
+
+def test_new_path_numbering_keeps_the_whole_suffix(data: DataFolder) -> None:
+    for name, numbered in [("b.nii.gz", ["b_1.nii.gz", "b_2.nii.gz"]),
+                           ("notes.txt", ["notes_1.txt", "notes_2.txt"])]:  # fmt: skip
+        data.new_path(SEGMENTATIONS, name).write_bytes(b"x")
+        for expected in numbered:
+            path = data.new_path(SEGMENTATIONS, name)
+            assert path.name == expected
+            path.write_bytes(b"x")
+    # the folders it needs are made, however deep
+    assert data.new_path("exports/2026/run", "a.nrrd") == data.root / "exports/2026/run/a.nrrd"
+
+
+def test_a_link_to_a_file_inside_is_listed_as_that_file(data: DataFolder) -> None:
+    """A link may show a file from a folder the listing skips (here a fine-tuning run's)."""
+    inside = write_volume(small_volume(), data.root / RUNS / "finetune-1" / "data" / "x.nrrd")
+    try:
+        os.symlink(inside, data.root / "latest.nrrd")
+    except OSError:
+        pytest.skip("this file system cannot make symbolic links")
+    assert data.volumes() == ["case.nrrd", f"{RUNS}/finetune-1/data/x.nrrd", "sub/other.nii.gz"]
+    assert data.resolve("latest.nrrd") == inside

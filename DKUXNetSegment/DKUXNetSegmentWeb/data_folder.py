@@ -76,10 +76,10 @@ class DataFolder:
         found = []
         for path in self._walk(self.root):
             if volume_suffix(path) is not None:
-                found.append(self.relative(path))
-                if len(found) >= MAX_LISTED:
+                if len(found) >= MAX_LISTED:  # one more than fits: say the list is cut
                     log.warning("listing only the first %d images of %s", MAX_LISTED, self.root)
                     break
+                found.append(self.relative(path))
         return sorted(found)
 
     def save_upload(self, name: str, content: bytes) -> Path:
