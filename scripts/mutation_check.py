@@ -29,7 +29,7 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import tomllib
@@ -67,16 +67,35 @@ class Target:
         return patterns
 
 
+def _deselect(path: str, *tests: str) -> tuple[str, ...]:
+    """pytest arguments that leave out ``tests`` of the file ``path``."""
+    return tuple(arg for test in tests for arg in ("--deselect", f"{path}::{test}"))
+
+
 TARGETS: dict[str, Target] = {
     "losses": Target(
         "src/dkuxnet/losses.py", ("Testing/test_numerics.py", "Testing/test_losses.py")
     ),
     "schedules": Target("src/dkuxnet/training/schedules.py", ("Testing/test_numerics.py",)),
     "plan": Target("src/dkuxnet/plan.py", ("Testing/test_plan.py",)),
-    # the sliding window and the post-processing, not the I/O and resampling around them
+    # the sliding window and the post-processing, not the I/O and resampling around them;
+    # the uncertainty measures' oracle test, not the real-model and checkpoint-loading tests
+    # (seconds each on every mutant, and they check loading, not the window's values)
     "predictor": Target(
         "src/dkuxnet/inference/predictor.py",
-        ("Testing/test_sliding_window.py", "Testing/test_predictor.py"),
+        (
+            "Testing/test_sliding_window.py",
+            "Testing/test_predictor.py",
+            "Testing/test_uncertainty.py::test_measures_on_known_networks",
+            *_deselect(
+                "Testing/test_predictor.py",
+                "test_real_tiny_model_on_odd_sizes",
+                "test_from_checkpoint_file_and_run_folder",
+                "test_foreign_checkpoint",
+                "test_newer_checkpoint_format",
+                "test_weights_that_do_not_fit_their_config",
+            ),
+        ),
         functions=(
             "count_windows",
             "keep_largest_component",
@@ -167,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="mutants tested at once")
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "mutation")
     parser.add_argument(
+        "--functions",
+        nargs="+",
+        metavar="NAME",
+        help="mutate only these of the target's functions (name or Class.method)",
+    )
+    parser.add_argument(
         "--timeout-multiplier",
         type=float,
         help="mutmut's timeout_multiplier (default 15); raise it on a busy machine, where a "
@@ -181,9 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     names = list(TARGETS) if args.all else args.targets
     if not names:
         parser.error("name targets (see --list) or give --all")
+    targets = {name: TARGETS[name] for name in names}
+    if args.functions:
+        targets = {name: replace(t, functions=tuple(args.functions)) for name, t in targets.items()}
     codes = [
-        run(name, TARGETS[name], args.work / name, args.workers, args.timeout_multiplier)
-        for name in names
+        run(name, target, args.work / name, args.workers, args.timeout_multiplier)
+        for name, target in targets.items()
     ]
     return max(codes)
 
