@@ -1,4 +1,5 @@
-"""A fine-tune (``--init``) replaces its start model only by beating it on the validation scans.
+"""``training.start_check``: a fine-tune (``--init``) replaces its start model only by beating
+it on the validation scans (``auto``: except in pseudo mode).
 
 The start weights are validated as iteration 0 and become ``best.pt`` (and ``last.pt``); the
 validation Dice is scripted as in ``test_selection.py``, so which weights end in ``best.pt``
@@ -26,13 +27,14 @@ from dkuxnet.training.trainer import TrainingState
 Weights = list[dict[str, torch.Tensor]]
 
 
-def _config(iterations: int) -> TrainConfig:
+def _config(iterations: int, mode: str = "supervised", start_check: str = "auto") -> TrainConfig:
     base = TrainConfig.preset("lite")
     return TrainConfig(
         model=ModelConfig.preset("lite", **TINY_MODEL),
         data=base.data.replace(patch_size=(16, 32, 32), labeled_batch=1, unlabeled_batch=1),
         training=base.training.replace(
-            mode="supervised",
+            mode=mode,
+            start_check=start_check,
             iterations=iterations,
             val_every=1,
             checkpoint_every=1,
@@ -144,3 +146,30 @@ def test_a_fine_tune_killed_before_its_first_step_resumes_with_the_start_models_
     assert resumed.run() == "completed"
     assert _validations(run) == {0: True, 1: False, 2: True}
     assert load_checkpoint(run / "best.pt")["iteration"] == 2
+
+
+@pytest.mark.parametrize(
+    ("mode", "check", "checked"),
+    [
+        ("supervised", "auto", True),
+        ("supervised", "off", False),
+        ("pseudo", "auto", False),
+        ("pseudo", "on", True),
+    ],
+)
+def test_start_check_setting(
+    dataset: Path, start_model: Path, tmp_path: Path, mode: str, check: str, checked: bool
+) -> None:
+    run = tmp_path / "tuned"
+    cfg = _config(1, mode=mode, start_check=check)
+    trainer = Trainer(cfg, load_dataset(dataset), run, device="cpu", init=start_model)
+    _scripted(trainer, [0.9, 0.5] if checked else [0.5], {})
+    assert trainer.run() == "completed"
+    assert _validations(run) == ({0: True, 1: False} if checked else {1: True})
+
+
+def test_start_check_rejects_an_unknown_choice() -> None:
+    from dkuxnet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="start_check"):
+        TrainConfig.preset("lite").training.replace(start_check="always")
