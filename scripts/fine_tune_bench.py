@@ -62,11 +62,12 @@ sys.path.insert(0, str(ROOT / "DKUXNetSegment"))  # the module folder, as Slicer
 from fine_tune_start import SHIFT, bias_field, unit_range  # noqa: E402
 
 from dkuxnet.data import Case, load_dataset  # noqa: E402
+from dkuxnet.events import read_events  # noqa: E402
 from dkuxnet.inference import Predictor  # noqa: E402
 from dkuxnet.io import Volume, read_volume, write_volume  # noqa: E402
 from dkuxnet.preprocessing import resample_to_spacing  # noqa: E402
 from dkuxnet.resources import default_model_path  # noqa: E402
-from dkuxnet.runs import BEST_CHECKPOINT, LAST_CHECKPOINT, can_resume  # noqa: E402
+from dkuxnet.runs import BEST_CHECKPOINT, EVENTS_FILE, LAST_CHECKPOINT, can_resume  # noqa: E402
 from dkuxnet.training.checkpoint import load_checkpoint  # noqa: E402
 
 log = logging.getLogger("fine_tune_bench")
@@ -222,12 +223,29 @@ def fine_tune(
     return task.run_dir, elapsed_before + task.elapsed_s
 
 
+def start_check_outcome(run_dir: Path) -> dict[str, float]:
+    """Dice % of the start model and of the fine-tuned weights (``last.pt``) on the run's
+    labeled validation scan(s), as ``dkuxnet predict`` segments them: what the start check
+    (``training.start_check``) compares, also for runs made without it."""
+    events = read_events(run_dir / EVENTS_FILE)
+    started = next(e for e in events if e["event"] == "started")
+    config = json.loads((run_dir.parent / "finetune.json").read_text())
+    data = run_dir.parent / "data"
+    cases = [
+        Case(name, data / f"{name}.nrrd", data / f"{name.removesuffix('_image')}_label.nrrd")
+        for name in started["validation"]
+    ]
+    start = dice_scores(Path(config["init_model"]), cases)
+    tuned = dice_scores(run_dir / LAST_CHECKPOINT, cases)
+    return {"start": statistics.mean(start.values()), "fine_tuned": statistics.mean(tuned.values())}
+
+
 def guard_details(run_dir: Path, cases: dict[str, list[Case]]) -> dict:
     """Which model the run adopted, and, when it kept its start model (the trainer validates
     ``--init`` as iteration 0 and only a better Dice replaces it), the fine-tuned weights'
     own scores (``last.pt``): what the fine-tune learned, apart from the guard."""
     best = load_checkpoint(run_dir / BEST_CHECKPOINT)["iteration"]
-    out: dict = {"best_iteration": int(best)}
+    out: dict = {"best_iteration": int(best), "validation": start_check_outcome(run_dir)}
     if best == 0:
         last = run_dir / LAST_CHECKPOINT
         out["fine_tuned"] = {
@@ -306,10 +324,13 @@ def main() -> None:
                 iters = 0 if arm == "bundled" else int(n or args.iterations)
                 key = f"{scanner}|{arm}|{iters}|{0 if arm == 'bundled' else seed}"
                 runs = args.out / "runs" / f"{scanner}-{arm}-{iters}-seed{seed}"
-                if key in results and arm != "bundled" and "best_iteration" not in results[key]:
+                if key in results and arm != "bundled" and "validation" not in results[key]:
                     done = sorted(runs.glob("finetune*/run"))  # scored before the start check
                     if done and (done[-1] / BEST_CHECKPOINT).exists():
-                        results[key] |= guard_details(done[-1], cases)
+                        if "best_iteration" in results[key]:
+                            results[key]["validation"] = start_check_outcome(done[-1])
+                        else:
+                            results[key] |= guard_details(done[-1], cases)
                         results_path.write_text(json.dumps(results, indent=1))
                 if key in results:
                     continue
