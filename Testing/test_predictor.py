@@ -6,7 +6,9 @@ expected prediction is exact; the checkpoint tests use a tiny real Dual kMaX UX-
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -399,3 +401,100 @@ def test_constant_padding_is_never_segmented() -> None:
     assert cropped.label.array.sum() == 10 * 20 * 16
     uncropped = Predictor([Constant(0.9)], tiny_config(crop_foreground=False), "cpu")
     assert uncropped.predict_volume(volume).label.array.all()
+
+
+# ------------------------------------------------------- mutation testing (docs/mutation.md)
+def test_keep_largest_component_cleans_every_class_and_keeps_one_of_equal_blobs() -> None:
+    label = np.zeros((9, 9, 9), np.uint8)
+    label[0:2, 0:2, 0:2] = 1  # class 1: one component, nothing to remove
+    label[5:7, 5:7, 5:7] = 2  # class 2: a block of 8 ...
+    label[0, 8, 0] = 2  # ... and a stray voxel, still removed after class 1
+    out = keep_largest_component(label, 3)
+    assert (out == 1).sum() == 8 and (out == 2).sum() == 8 and out[0, 8, 0] == 0
+    # two single voxels: one of them stays (the background is not a component)
+    dots = np.zeros((5, 5, 5), np.uint8)
+    dots[0, 0, 0] = dots[4, 4, 4] = 1
+    assert keep_largest_component(dots, 2).sum() == 1
+
+
+def test_probabilities_are_the_classes_only_for_a_predictor_with_a_measure() -> None:
+    predictor = Predictor(
+        [Constant(0.2), Constant(0.7)], tiny_config(), "cpu", uncertainty="disagreement"
+    )
+    probs = predictor.predict_probabilities(np.zeros((10, 20, 12), np.float32))
+    assert probs.shape == (2, 10, 20, 12)
+    np.testing.assert_allclose(probs[1], 0.45, atol=1e-5)
+
+
+class AutocastProbe(nn.Module):
+    """Records whether each forward pass runs under CPU autocast, and at which dtype."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[bool, torch.dtype]] = []
+
+    def forward(self, x: torch.Tensor) -> _Output:
+        self.seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return _Output(torch.cat([torch.zeros_like(x), torch.zeros_like(x)], dim=1))
+
+
+def test_windows_run_at_the_configured_precision() -> None:
+    off = AutocastProbe()
+    with warnings.catch_warnings():
+        # an fp32 run must not ask for autocast (torch: "not supported ... Disabling autocast",
+        # once per window)
+        warnings.filterwarnings("error", message=".*autocast.*")
+        Predictor([off], tiny_config(amp="off"), "cpu").predict_probabilities(np.zeros((8, 8, 8)))
+    assert off.seen and all(not enabled for enabled, _ in off.seen)
+    bf16 = AutocastProbe()
+    Predictor([bf16], tiny_config(amp="bf16"), "cpu").predict_probabilities(np.zeros((8, 8, 8)))
+    assert bf16.seen and all(seen == (True, torch.bfloat16) for seen in bf16.seen)
+
+
+def test_bad_images_are_refused_saying_what_is_wrong() -> None:
+    predictor = Predictor([Pointwise()], tiny_config(), "cpu")
+    cases = [
+        (np.zeros((0, 8, 8), np.float32), "the image is empty (a side of length 0)"),
+        (np.zeros((8, 8, 8), bool), "need a real-valued image, got dtype bool"),
+        (np.zeros((8, 8, 8), np.complex64), "need a real-valued image, got dtype complex64"),
+        (np.full((8, 8, 8), np.inf, np.float32), "the image has NaN or infinite values"),
+    ]
+    for image, message in cases:
+        with pytest.raises(InputError) as error:
+            predictor.predict_probabilities(image)
+        assert str(error.value) == message
+    # one voxel is not empty, and whole numbers are real values
+    assert predictor.predict_probabilities(np.ones((1, 1, 1), np.float32)).shape == (2, 1, 1, 1)
+    ints = np.arange(8 * 8 * 8, dtype=np.int16).reshape(8, 8, 8)
+    np.testing.assert_allclose(
+        predictor.predict_probabilities(ints),
+        predictor.predict_probabilities(ints.astype(np.float32)),
+        atol=1e-6,
+    )
+
+
+def test_progress_counts_the_windows_batch_by_batch(caplog: pytest.LogCaptureFixture) -> None:
+    # (37, 21, 50) in windows of (16, 16, 32) at overlap 0.5: z starts 0, 8, 16, 21 (4); y 0, 5
+    # (2); x 0, 16, 18 (3): 24 windows, 3 per batch
+    calls: list[tuple[int, int]] = []
+    predictor = Predictor([Pointwise()], tiny_config(sw_batch_size=3), "cpu")
+    image = np.random.default_rng(1).random((37, 21, 50)).astype(np.float32)
+    with caplog.at_level(logging.DEBUG, logger="dkuxnet.inference.predictor"):
+        predictor.predict_probabilities(image, lambda done, total: calls.append((done, total)))
+    assert calls == [(3 * i, 24) for i in range(1, 9)]
+    assert "predicted (37, 21, 50) in 24 windows" in caplog.messages
+
+
+def test_flip_variance_of_two_networks_is_that_of_their_mean() -> None:
+    """Two identical networks average to the network itself: the same flip variance."""
+    image = np.random.default_rng(1).random((10, 20, 40)).astype(np.float32)
+
+    def flip_variance(networks: list[nn.Module]) -> np.ndarray:
+        predictor = Predictor(networks, tiny_config(), "cpu", tta=True, uncertainty="flip-variance")
+        uncertainty = predictor.predict_maps(image)[1]
+        assert uncertainty is not None
+        return uncertainty
+
+    single = flip_variance([Ramp()])
+    assert float(single.max()) > 1e-3  # the ramp's flips disagree
+    np.testing.assert_allclose(flip_variance([Ramp(), Ramp()]), single, atol=1e-6)
