@@ -37,8 +37,8 @@ if SUPPORTED:  # on an older Slicer the panel shows unsupported_reason() instead
     from dkuxnet.device import DEVICE_CHOICES, DEVICE_LABELS
     from dkuxnet.errors import InputError
     from dkuxnet.jobs import JobState
-    from dkuxnet.runs import can_resume
     from DKUXNetSegmentLib import slicer_bridge
+    from DKUXNetSegmentLib.controller import Controller
     from DKUXNetSegmentLib.logic import (
         MODEL_SOURCES,
         REQUIRED_PACKAGES,
@@ -46,13 +46,9 @@ if SUPPORTED:  # on an older Slicer the panel shows unsupported_reason() instead
         LabeledPair,
         Parameters,
         default_input_volume,
-        fine_tune_model_and_device,
-        format_clock,
         missing_packages,
-        resolve_model,
         volume_selector_hidden_ids,
     )
-    from DKUXNetSegmentLib.segment_region import place_segment_region, segment_region_advice
 
 POLL_INTERVAL_MS = 500
 MODEL_FILE_FILTERS = ["Model checkpoint (*.pt)"]
@@ -95,7 +91,12 @@ class DKUXNetSegment(ScriptedLoadableModule):
 
 # ---------------------------------------------------------------------------------- widget
 class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The GUI: mirrors the parameter node, starts tasks, polls them with a timer."""
+    """The GUI: mirrors the parameter node, renders the controller, polls it with a timer.
+
+    What may start, what a job's end does and what each control shows is the logic's
+    :class:`~DKUXNetSegmentLib.controller.Controller` (shared with the web page); this class
+    only turns clicks into its calls and its view into widgets and dialogs.
+    """
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -103,10 +104,6 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None  # stays None on an unsupported Slicer: no panel, nothing to do
         self._parameterNode = None
         self._updatingGUI = False
-        self._segmentTask = None  # SegmentTask
-        self._fineTuneTask = None  # FineTuneTask
-        self._estimateTask = None  # EstimateTask
-        self._rankTask = None  # RankTask
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -174,9 +171,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic is None:
             return
         self.timer.stop()
-        for task in self._tasks():
-            if _running(task):
-                task.job.cancel(grace_s=5.0, wait=True)
+        self.logic.controller.stop_all(grace_s=5.0)
         self.removeObservers()
 
     def enter(self):
@@ -222,16 +217,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 params.input_volume = firstVolume
 
     def _parameters(self):
-        """The parameter node's typed view, fetched again when the scene was closed meanwhile.
-
-        onSceneStartClose drops the node and onSceneEndClose fetches the new scene's only when
-        the module is shown; the timer polls jobs while it is hidden too, and a job that ends
-        then (a fine-tune to adopt) must still find the parameter node.
-        """
-        node = self._parameterNode
-        if node is None or node.GetScene() is None:
-            node = self.logic.getParameterNode()
-        return Parameters(node)
+        return self.logic.parameters()
 
     def setParameterNode(self, inputParameterNode):
         self._observeParameterNode(False)
@@ -276,8 +262,7 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.unlabeledListWidget.clear()
             for node in params.unlabeled_volumes:
                 self.ui.unlabeledListWidget.addItem(node.GetName())
-            self._showEstimate()
-            self._updateButtons()
+            self._render()
         finally:
             self._updatingGUI = False
 
@@ -325,27 +310,35 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             for column, text in enumerate(texts):
                 table.setItem(row, column, qt.QTableWidgetItem(text))
 
-    def _updateButtons(self):
-        params = self._parameters()
-        segmenting = _running(self._segmentTask)
-        training = _running(self._fineTuneTask)
-        self.ui.segmentButton.enabled = params.input_volume is not None and not segmenting
-        self.ui.segmentCancelButton.enabled = segmenting
+    def _render(self):
+        """Show the controller's view: buttons, progress bars, status lines, advice, ranking."""
+        view = self.logic.controller.view()
+        ui = self.ui
+        ui.segmentButton.enabled = view.can_segment
+        self._renderTask(view.segment, ui.segmentCancelButton, ui.segmentStatusLabel)
+        ui.segmentProgressBar.value = view.segment.progress
         # a scan of the whole chest, or a result far too large: say what to do, offer the box
-        advice = segment_region_advice(params.input_volume, params.roi, self._segmentTask)
-        self.ui.segmentRegionAdviceLabel.text = advice or ""
-        self.ui.segmentRegionAdviceLabel.visible = advice is not None
-        self.ui.placeSegmentRegionButton.visible = advice is not None
-        self.ui.placeSegmentRegionButton.enabled = not segmenting
-        self.ui.estimateTimeButton.enabled = not training and not _running(self._estimateTask)
-        ranking = _running(self._rankTask)
-        self.ui.suggestNextButton.enabled = not ranking  # with no volumes it says what to do
-        self.ui.suggestNextCancelButton.enabled = ranking
-        self.ui.fineTuneStartButton.enabled = bool(params.labeled_pairs) and not training
-        self.ui.fineTuneCancelButton.enabled = training
-        self.ui.fineTuneResumeButton.enabled = not training and self.logic.canResume(
-            params.fine_tune_folder
-        )
+        ui.segmentRegionAdviceLabel.text = view.region_advice
+        ui.segmentRegionAdviceLabel.visible = bool(view.region_advice)
+        ui.placeSegmentRegionButton.visible = bool(view.region_advice)
+        ui.placeSegmentRegionButton.enabled = view.can_place_box
+        ui.suggestNextButton.enabled = view.can_rank  # with no volumes it says what to do
+        self._renderTask(view.ranking, ui.suggestNextCancelButton, ui.rankingStatusLabel)
+        ui.rankingTableWidget.setRowCount(len(view.ranked))
+        for row, ranked in enumerate(view.ranked):
+            ui.rankingTableWidget.setItem(row, 0, qt.QTableWidgetItem(ranked.name))
+            ui.rankingTableWidget.setItem(row, 1, qt.QTableWidgetItem(ranked.score_text))
+        ui.estimateTimeButton.enabled = view.can_estimate
+        ui.estimateTimeLabel.text = view.estimate_text
+        ui.fineTuneStartButton.enabled = view.can_fine_tune
+        self._renderTask(view.fine_tune, ui.fineTuneCancelButton, ui.fineTuneStatusLabel)
+        ui.fineTuneProgressBar.value = view.fine_tune.progress
+        ui.fineTuneResumeButton.enabled = view.can_resume
+
+    @staticmethod
+    def _renderTask(taskView, cancelButton, statusLabel):
+        cancelButton.enabled = taskView.running
+        statusLabel.text = taskView.status
 
     # fine-tune inputs
     def onAddPair(self):
@@ -382,6 +375,16 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ]
 
     # actions
+    def _start(self, message, start):
+        """``start()`` (a controller action) once the dependencies are there; a failure is
+        shown as one error dialog. Returns its result, or None when it did not start."""
+        if not self.logic.ensureDependencies():
+            return None
+        result = self._startShowingErrors(message, start)
+        if result is not None:
+            self.timer.start()
+        return result
+
     def _startShowingErrors(self, message, start):
         """``start()``, with a failure shown as one error dialog; returns its result or None.
 
@@ -399,32 +402,14 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logging.error(message, exc_info=True)
             slicer.util.errorDisplay(f"{message}\n\n{exc}", detailedText=traceback.format_exc())
         finally:
-            self._updateButtons()
+            self._render()
         return None
 
     def onSegment(self):
-        if not self.logic.ensureDependencies():
-            return
-        params = self._parameters()
+        self._start("Could not start segmentation.", self.logic.controller.segment)
 
-        def start():
-            model = resolve_model(params.model_source, params.model_path)
-            return self.logic.segment(
-                params.input_volume,
-                model,
-                params.device,
-                params.tta,
-                params.output_segmentation,
-                uncertainty=params.show_uncertainty,
-                roiNode=params.roi,
-            )
-
-        task = self._startShowingErrors("Could not start segmentation.", start)
-        if task is not None:
-            self._segmentTask = task
-            self.ui.segmentProgressBar.value = 0
-            self.timer.start()
-            self._updateButtons()
+    def onSegmentCancel(self):
+        self.logic.controller.cancel_segment()
 
     def onPlaceSegmentRegion(self):
         """The 'Segment region' box at the volume's centre, chosen for Segment, handles on.
@@ -434,131 +419,48 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         UpdateBoxROIFromControlPoints, vtkMRMLMarkupsDisplayableManager::
         GetWidgetForPlacement), and markups logic's StartPlaceMode places point lists only.
         The box comes with its handles on (as Crop Volume's ROI); the user drags it over the
-        heart in the slice views, which jump to its centre.
+        heart in the slice views, which jump to its centre. The selector follows the parameter
+        node, where the controller chose the box for Segment.
         """
-        params = self._parameters()
-        if params.input_volume is None:
-            return
         roi = self._startShowingErrors(
-            "Could not place the box.",
-            lambda: place_segment_region(slicer.mrmlScene, params.input_volume),
+            "Could not place the box.", self.logic.controller.place_segment_region
         )
-        if roi is None:
-            return
-        params.roi = roi  # the selector follows the parameter node; Segment uses it
-        centre = [0.0, 0.0, 0.0]
-        roi.GetCenterWorld(centre)
-        slicer.modules.markups.logic().JumpSlicesToLocation(*centre, True)
-
-    def onSegmentCancel(self):
-        if self._segmentTask is not None:
-            self._segmentTask.cancel()
+        if roi is not None:
+            centre = [0.0, 0.0, 0.0]
+            roi.GetCenterWorld(centre)
+            slicer.modules.markups.logic().JumpSlicesToLocation(*centre, True)
 
     def onSuggestNext(self):
-        if not self.logic.ensureDependencies():
-            return
-        params = self._parameters()
-
-        def start():
-            model = resolve_model(params.model_source, params.model_path)
-            return self.logic.suggestNext(
-                params.unlabeled_volumes, model, params.device, params.tta
-            )
-
-        task = self._startShowingErrors("Could not rank the unlabeled volumes.", start)
-        if task is not None:
-            self._rankTask = task
-            self.ui.rankingTableWidget.setRowCount(0)
-            self.ui.rankingStatusLabel.text = task.status  # "ranking…"
-            self.timer.start()
-            self._updateButtons()
+        self._start("Could not rank the unlabeled volumes.", self.logic.controller.suggest_next)
 
     def onSuggestNextCancel(self):
-        if self._rankTask is not None:
-            self._rankTask.cancel()
-
-    def _fillRankingTable(self, ranking):
-        table = self.ui.rankingTableWidget
-        table.setRowCount(len(ranking))
-        for row, ranked in enumerate(ranking):
-            table.setItem(row, 0, qt.QTableWidgetItem(ranked.name))
-            table.setItem(row, 1, qt.QTableWidgetItem(ranked.score_text))
+        self.logic.controller.cancel_suggest_next()
 
     def onRankingDoubleClicked(self, row, column):
         """Show the ranked volume in the slice views."""
-        task = self._rankTask
-        if task is None or not 0 <= row < len(task.ranking):
-            return
-        node = slicer.mrmlScene.GetNodeByID(task.ranking[row].node_id)
+        node = self.logic.controller.ranked_volume(row)
         if node is not None:
             slicer.util.setSliceViewerLayers(background=node, fit=True)
 
     def onEstimateTime(self):
-        if not self.logic.ensureDependencies():
-            return
-        params = self._parameters()
-
-        def start():
-            initModel, device = fine_tune_model_and_device(params)
-            return self.logic.estimateTime(initModel, params.iterations, device)
-
-        task = self._startShowingErrors("Could not estimate the fine-tuning time.", start)
-        if task is not None:
-            self._estimateTask = task
-            self.ui.estimateTimeLabel.text = task.status  # "measuring…"
-            self.timer.start()
-            self._updateButtons()
-
-    def _showEstimate(self):
-        """The expected Fine-tune time for the current choices, from the last measurement."""
-        if _running(self._estimateTask):
-            return  # the label says "measuring…" until it ends
-        self.ui.estimateTimeLabel.text = self.logic.estimateText(self._parameters())
+        self._start("Could not estimate the fine-tuning time.", self.logic.controller.estimate_time)
 
     def onFineTuneStart(self):
-        if not self.logic.ensureDependencies():
-            return
-        params = self._parameters()
-
-        def start():
-            initModel, device = fine_tune_model_and_device(params)
-            return self.logic.fineTune(
-                params.labeled_pairs, params.unlabeled_volumes, params.iterations, initModel, device
-            )
-
-        self._startedFineTune(self._startShowingErrors("Could not start fine-tuning.", start))
+        if self._start("Could not start fine-tuning.", self.logic.controller.start_fine_tune):
+            self.showPlot()
 
     def onFineTuneResume(self):
-        if not self.logic.ensureDependencies():
-            return
-        params = self._parameters()
-        plots = self._fineTuneTask.plots if self._fineTuneTask is not None else None
-
-        def start():
-            return self.logic.resumeFineTune(params.fine_tune_folder, plots)
-
-        self._startedFineTune(self._startShowingErrors("Could not resume fine-tuning.", start))
-
-    def _startedFineTune(self, task):
-        if task is None:  # it did not start; the error was shown
-            return
-        self._fineTuneTask = task
-        if _running(self._estimateTask):  # it would slow training down and measure nothing useful
-            self._estimateTask.cancel()
-        self._parameters().fine_tune_folder = str(task.job.folder)
-        self.ui.fineTuneProgressBar.value = 0
-        self.showPlot()
-        self.timer.start()
-        self._updateButtons()
+        if self._start("Could not resume fine-tuning.", self.logic.controller.resume_fine_tune):
+            self.showPlot()
 
     def onFineTuneCancel(self):
-        if self._fineTuneTask is not None:
-            self._fineTuneTask.cancel()
+        self.logic.controller.cancel_fine_tune()
 
     def showPlot(self, *args):
-        if self._fineTuneTask is None:
+        task = self.logic.controller.fine_tune_task
+        if task is None:
             return
-        plots = self._fineTuneTask.plots
+        plots = task.plots
         chart = (
             plots.loss_chart if self.ui.plotSelectorComboBox.currentIndex == 0 else plots.dice_chart
         )
@@ -566,86 +468,59 @@ class DKUXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # polling
     def onTimer(self):
-        segmentTask, fineTuneTask = self._segmentTask, self._fineTuneTask
-        if _running(segmentTask):
-            self._pollTask(segmentTask, self.ui.segmentProgressBar, self.ui.segmentStatusLabel)
-            if segmentTask.state is JobState.COMPLETED:
-                slicer.util.setSliceViewerLayers(
-                    background=segmentTask.scene.GetNodeByID(segmentTask.volume_node_id)
-                )
-                slicer.util.resetThreeDViews()  # centre the 3D view on the new result
-                if segmentTask.warnings:  # e.g. far too large: the scan shows more than the heart
-                    slicer.util.warningDisplay(
-                        "\n\n".join(segmentTask.warnings), windowTitle="DKUXNet Segment"
-                    )
-        if _running(fineTuneTask):
-            self._pollTask(fineTuneTask, self.ui.fineTuneProgressBar, self.ui.fineTuneStatusLabel)
-            if fineTuneTask.state is JobState.COMPLETED:
-                self.logic.adoptModel(fineTuneTask, self._parameters())
-                slicer.util.infoDisplay(
-                    f"Fine-tuning finished. Segment now uses:\n{fineTuneTask.model_path}"
-                )
-        rankTask = self._rankTask
-        if _running(rankTask):
-            rankTask.poll()
-            self.ui.rankingStatusLabel.text = rankTask.status
-            if rankTask.state is JobState.COMPLETED:
-                self._fillRankingTable(rankTask.ranking)
-            elif rankTask.state is JobState.FAILED:
-                self.ui.rankingStatusLabel.text = "Could not rank the unlabeled volumes."
-                slicer.util.errorDisplay(
-                    "Could not rank the unlabeled volumes.", detailedText=rankTask.error or ""
-                )
-        estimateTask = self._estimateTask
-        if _running(estimateTask):
-            estimateTask.poll()
-            if estimateTask.state is JobState.FAILED:
-                self.ui.estimateTimeLabel.text = f"Could not measure: {estimateTask.error}"
-            elif estimateTask.state.is_final:
-                self._showEstimate()
-        if not any(_running(t) for t in self._tasks()):
+        for outcome in self.logic.controller.poll():
+            self._announce(outcome)
+        if not self.logic.controller.running():
             self.timer.stop()
-        self._updateButtons()
+        self._render()
 
-    def _tasks(self):
-        return (self._segmentTask, self._fineTuneTask, self._estimateTask, self._rankTask)
-
-    def _pollTask(self, task, progressBar, statusLabel):
-        task.poll()
-        if task.progress is not None:
-            progressBar.value = int(round(100 * task.progress))
-        text = f"{task.status} — elapsed {format_clock(task.elapsed_s)}"
-        if task.eta_s and not task.state.is_final:
-            text += f", about {format_clock(task.eta_s)} left"
-        statusLabel.text = text
-        if task.state is JobState.FAILED:
-            slicer.util.errorDisplay("The background job failed.", detailedText=task.error or "")
-
-
-def _running(task):
-    return task is not None and not task.state.is_final
+    @staticmethod
+    def _announce(outcome):
+        """A job ended: show its result in the views, and say so as loudly as it asks."""
+        task = outcome.task
+        if outcome.action == "segment" and task.state is JobState.COMPLETED:
+            volume = task.scene.GetNodeByID(task.volume_node_id)
+            slicer.util.setSliceViewerLayers(background=volume)
+            slicer.util.resetThreeDViews()  # centre the 3D view on the new result
+        if outcome.level == "error":
+            slicer.util.errorDisplay(outcome.text, detailedText=outcome.details)
+        elif outcome.level == "warning":  # e.g. far too large: the scan shows more than the heart
+            slicer.util.warningDisplay("\n\n".join(outcome.warnings), windowTitle="DKUXNet Segment")
+        elif outcome.level == "info":
+            slicer.util.infoDisplay(outcome.message)
 
 
 # ---------------------------------------------------------------------------------- logic
 class DKUXNetSegmentLogic(ScriptedLoadableModuleLogic):
     """Slicer-application side of the logic: folders, PythonSlicer, dependency installation.
 
-    Everything else is delegated to :class:`DKUXNetSegmentLib.logic.DKUXNetLogic`.
+    Everything else is delegated to :class:`DKUXNetSegmentLib.logic.DKUXNetLogic` (the jobs)
+    and :class:`DKUXNetSegmentLib.controller.Controller` (the panel's current jobs, what may
+    start, what their ends do, what the panel shows), which the web page uses too.
     """
 
-    def __init__(self):
+    def __init__(self, logic=None):
         ScriptedLoadableModuleLogic.__init__(self)
         self.dependenciesChecked = False
-        python = shutil.which("PythonSlicer")
-        if python is None:
-            logging.warning("PythonSlicer not found on PATH; using the current interpreter")
-        userData = Path(slicer.app.slicerUserSettingsFilePath).parent / "DKUXNetSegment"
-        self.logic = DKUXNetLogic(
-            slicer.mrmlScene,
-            jobs_dir=Path(slicer.app.temporaryPath) / "DKUXNetSegment",
-            runs_dir=userData / "runs",  # kept: fine-tuned models live here
-            python_executable=python,
-        )
+        if logic is None:
+            python = shutil.which("PythonSlicer")
+            if python is None:
+                logging.warning("PythonSlicer not found on PATH; using the current interpreter")
+            userData = Path(slicer.app.slicerUserSettingsFilePath).parent / "DKUXNetSegment"
+            logic = DKUXNetLogic(
+                slicer.mrmlScene,
+                jobs_dir=Path(slicer.app.temporaryPath) / "DKUXNetSegment",
+                runs_dir=userData / "runs",  # kept: fine-tuned models live here
+                python_executable=python,
+            )
+        self.logic = logic
+        # The panel's current jobs; it reads the parameter node anew on every use, so a job
+        # that ends after the scene was closed (a fine-tune to adopt) finds the new one.
+        self.controller = Controller(logic, self.parameters)
+
+    def parameters(self):
+        """The module's parameter node (in the current scene) as a typed view."""
+        return Parameters(self.getParameterNode())
 
     def segment(
         self,
@@ -657,7 +532,9 @@ class DKUXNetSegmentLogic(ScriptedLoadableModuleLogic):
         uncertainty=False,
         roiNode=None,
     ):
-        """Segment in the background; ``roiNode`` (a markups ROI) limits it to that box."""
+        """Segment in the background; ``roiNode`` (a markups ROI) limits it to that box.
+
+        For scripts and the self-test; the panel goes through :attr:`controller`."""
         return self.logic.start_segment(
             volumeNode,
             model,
@@ -667,31 +544,6 @@ class DKUXNetSegmentLogic(ScriptedLoadableModuleLogic):
             uncertainty=uncertainty,
             roi_node=roiNode,
         )
-
-    def suggestNext(self, volumes, model, device="auto", tta=False):
-        """Rank the unlabeled volumes by the model's uncertainty (a background job)."""
-        return self.logic.start_rank(volumes, model, device, tta)
-
-    def fineTune(self, pairs, unlabeled, iterations, initModel=None, device="auto"):
-        return self.logic.start_fine_tune(pairs, unlabeled, iterations, initModel, device)
-
-    def estimateTime(self, initModel, iterations, device="auto"):
-        return self.logic.start_estimate(initModel, iterations, device)
-
-    def estimateText(self, parameters):
-        """The expected Fine-tune time from the last measurement; "" when not measured."""
-        return self.logic.estimate_text(parameters)
-
-    def resumeFineTune(self, folder, plots=None):
-        return self.logic.resume_fine_tune(folder, plots)
-
-    def adoptModel(self, task, parameters):
-        """Make a finished fine-tuning run's model the one Segment uses."""
-        self.logic.adopt_model(task, parameters)
-
-    @staticmethod
-    def canResume(folder):
-        return bool(folder) and can_resume(Path(folder) / "run")
 
     def ensureDependencies(self):
         """Check torch/monai/SimpleITK; offer to install the missing ones. True when ready."""

@@ -1,4 +1,4 @@
-"""A stand-in for ``python -m dkuxnet predict|train`` used by the logic tests.
+"""A stand-in for ``python -m dkuxnet predict|train|rank|estimate`` used by the logic tests.
 
 It speaks the same command line and event protocol as the real commands but needs no model:
 ``predict`` thresholds the image at its mean, ``train`` pretends to train for a few iterations
@@ -9,6 +9,11 @@ environment makes either command fail after its first event; ``FAKE_DKUXNET_IGNO
 makes ``train`` deaf to SIGTERM, as a Windows child of Slicer is to console control events.
 ``FAKE_DKUXNET_WARN_CHECK=too_large`` makes ``predict`` send a ``warning`` event with that
 ``check``, as the real volume check does; ``--roi`` is accepted and not used.
+
+``predict --uncertainty PATH`` writes the distance of each voxel from the image mean as the
+map (measure ``entropy``). ``rank`` scores each scan of its input folder by its mean intensity
+(flip variance, most first) and writes the ranking CSV; ``estimate`` prints one JSON line of
+2 s per iteration.
 
 ``FAKE_DKUXNET_DICE=0.5,0.8,0.6`` scripts the validation Dice of ``train`` (one value per
 validation, every second iteration; the last one repeats; by default it rises every time). As
@@ -37,7 +42,10 @@ from dkuxnet.jobs import clear_stale_stop_request
 
 def predict(args: argparse.Namespace) -> int:
     events = EventWriter(args.events, enabled=bool(args.events))
-    events.emit("started", job="predict", total=1, device="cpu", resumed_from=0)
+    measure = "entropy" if args.uncertainty else None
+    events.emit(
+        "started", job="predict", total=1, device="cpu", resumed_from=0, uncertainty=measure
+    )
     if os.environ.get("FAKE_DKUXNET_FAIL"):
         print("fake predict: model file is corrupt", file=sys.stderr)
         return 1
@@ -52,6 +60,9 @@ def predict(args: argparse.Namespace) -> int:
     if check:
         events.emit("warning", case="input", message=f"fake volume check: {check}", check=check)
     write_volume(image.with_array(label), args.output)
+    if args.uncertainty:
+        distance = np.abs(image.array - image.array.mean()).astype(np.float32)
+        write_volume(image.with_array(distance), args.uncertainty)
     events.emit("progress", stage="writing", done=1, total=1, case="input")
     events.emit("output", path=args.output, case="input")
     events.emit("finished", status="completed", error=None)
@@ -122,6 +133,37 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+def rank(args: argparse.Namespace) -> int:
+    events = EventWriter(args.events)
+    scans = sorted(Path(args.input).glob("*.nrrd"))
+    events.emit("started", job="rank", total=len(scans), device="cpu", uncertainty="flip-variance")
+    if os.environ.get("FAKE_DKUXNET_FAIL"):
+        print("fake rank: model file is corrupt", file=sys.stderr)
+        return 1
+    scores = {}
+    for i, scan in enumerate(scans):
+        time.sleep(float(os.environ.get("FAKE_DKUXNET_SLEEP", "0.01")))
+        case = scan.name[: -len(".nrrd")]
+        scores[case] = float(read_volume(scan).array.mean())
+        events.emit("progress", stage="ranking", done=i + 1, total=len(scans), case=case)
+    lines = ["rank,case,score,foreground_voxels"]
+    for place, case in enumerate(sorted(scores, key=scores.get, reverse=True), start=1):
+        lines.append(f"{place},{case},{scores[case]},{10 * place}")
+    Path(args.output).write_text("\n".join(lines) + "\n")
+    events.emit("finished", status="completed", error=None)
+    return 0
+
+
+def estimate(args: argparse.Namespace) -> int:
+    time.sleep(float(os.environ.get("FAKE_DKUXNET_SLEEP", "0.01")))
+    if os.environ.get("FAKE_DKUXNET_FAIL"):
+        print("dkuxnet estimate: error: fake estimate: no memory")
+        return 2
+    record = {"s_per_iteration": 2.0, "iterations": 3, "device": "cpu", "precision": "float32"}
+    print(json.dumps(record))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +175,18 @@ def main() -> int:
     p.add_argument("--tta", action="store_true")
     p.add_argument("--events")
     p.add_argument("--roi")
+    p.add_argument("--uncertainty")
+    r = sub.add_parser("rank")
+    for option in ("--model", "--input", "--output", "--events"):
+        r.add_argument(option, required=True)
+    r.add_argument("--device", default="auto")
+    r.add_argument("--tta", action="store_true")
+    e = sub.add_parser("estimate")
+    e.add_argument("--init")
+    e.add_argument("--iterations", type=int, default=10)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--set", action="append", default=[])
+    e.add_argument("--json", action="store_true")
     t = sub.add_parser("train")
     t.add_argument("--data", required=True)
     t.add_argument("--out", required=True)
@@ -143,7 +197,8 @@ def main() -> int:
     t.add_argument("--set", action="append", default=[])
     t.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
-    return predict(args) if args.command == "predict" else train(args)
+    commands = {"predict": predict, "train": train, "rank": rank, "estimate": estimate}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

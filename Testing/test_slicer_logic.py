@@ -84,10 +84,11 @@ def test_resolve_model(tmp_path: Path, monkeypatch) -> None:
         logic_module.resolve_model("file", run / "nope.pt")
     with pytest.raises(InputError):
         logic_module.resolve_model("file", "")
-    monkeypatch.setattr(logic_module, "default_model_path", lambda: None)
+    parameters_module = pytest.importorskip("DKUXNetSegmentLib.parameters")  # resolve_model's
+    monkeypatch.setattr(parameters_module, "default_model_path", lambda: None)
     with pytest.raises(InputError, match="bundled"):
         logic_module.resolve_model("default")
-    monkeypatch.setattr(logic_module, "default_model_path", lambda: run / "best.pt")
+    monkeypatch.setattr(parameters_module, "default_model_path", lambda: run / "best.pt")
     assert logic_module.resolve_model("default") == run / "best.pt"
 
 

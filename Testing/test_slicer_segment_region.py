@@ -203,21 +203,21 @@ def test_panel_leads_from_a_too_large_result_to_a_box_segment_uses(
     widget = make_panel(panel_module, scene, tmp_path)
     ui = widget.ui
     assert widget._parameters().input_volume is volume
-    widget._updateButtons()
+    widget._render()
     assert ui.placeSegmentRegionButton.visible is False and ui.segmentRegionAdviceLabel.text == ""
 
     started: list[dict] = []  # the keyword arguments of each Segment the panel starts
-    segment = widget.logic.segment
+    segment = widget.logic.logic.start_segment
 
     def recording_segment(*args, **kwargs):
         started.append(kwargs)
         return segment(*args, **kwargs)
 
-    monkeypatch.setattr(widget.logic, "segment", recording_segment)
+    monkeypatch.setattr(widget.logic.logic, "start_segment", recording_segment)
 
     def segment_and_wait():
         widget.onSegment()
-        task = widget._segmentTask
+        task = widget.logic.controller.segment_task
         deadline = time.monotonic() + TIMEOUT
         while not task.state.is_final and time.monotonic() < deadline:
             widget.onTimer()
@@ -226,7 +226,7 @@ def test_panel_leads_from_a_too_large_result_to_a_box_segment_uses(
         return task
 
     task = segment_and_wait()
-    assert started[-1]["roiNode"] is None and task.checks == ["too_large"]
+    assert started[-1]["roi_node"] is None and task.checks == ["too_large"]
     assert ui.segmentRegionAdviceLabel.text == region.TOO_LARGE_ADVICE
     assert ui.segmentRegionAdviceLabel.visible is True
     assert ui.placeSegmentRegionButton.visible is True and ui.placeSegmentRegionButton.enabled
@@ -243,7 +243,7 @@ def test_panel_leads_from_a_too_large_result_to_a_box_segment_uses(
 
     monkeypatch.delenv("FAKE_DKUXNET_WARN_CHECK")
     task = segment_and_wait()
-    assert started[-1]["roiNode"] is roi
+    assert started[-1]["roi_node"] is roi
     assert task.job.config["roi"]["node"] == region.SEGMENT_REGION_NAME
     assert task.checks == []
     assert ui.placeSegmentRegionButton.visible is False and ui.segmentRegionAdviceLabel.text == ""

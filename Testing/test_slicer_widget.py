@@ -9,6 +9,7 @@ panel's state: which parameter node it uses, what it does when a job ends.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 import time
@@ -75,6 +76,7 @@ def panel_module(scene, monkeypatch):
     monkeypatch.setitem(sys.modules, "ctk", Anything())
     monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
     monkeypatch.setattr(slicer, "modules", Anything(), raising=False)  # e.g. the plots module
+    monkeypatch.setattr(slicer.util, "WaitCursor", contextlib.nullcontext)  # a Qt cursor
     shown: list[str] = []
     for name in ("infoDisplay", "warningDisplay", "errorDisplay"):
         monkeypatch.setattr(
@@ -94,9 +96,8 @@ def make_panel(module, scene, tmp_path):
     widget.ui = Anything()
     widget.timer = Anything()
     widget.parent = types.SimpleNamespace(isEntered=False)
-    logic = module.DKUXNetSegmentLogic.__new__(module.DKUXNetSegmentLogic)
-    logic.logic = logic_module.DKUXNetLogic(
-        scene, jobs_dir=tmp_path / "jobs", command_factory=fake_factory
+    logic = module.DKUXNetSegmentLogic(
+        logic_module.DKUXNetLogic(scene, jobs_dir=tmp_path / "jobs", command_factory=fake_factory)
     )
     logic.dependenciesChecked = True
     widget.logic = logic
@@ -115,8 +116,11 @@ def test_fine_tune_ending_after_the_scene_closed_while_hidden_is_adopted(
     monkeypatch.setenv("FAKE_DKUXNET_SLEEP", "0.05")
     widget = make_panel(panel_module, scene, tmp_path)
     pair, _ = make_pair(scene, "L1", 1)
-    task = widget.logic.fineTune([pair], [], 6)
-    widget._startedFineTune(task)
+    params = widget._parameters()
+    params.labeled_pairs, params.iterations, params.start_from_current_model = [pair], 6, False
+    widget.onFineTuneStart()
+    task = widget.logic.controller.fine_tune_task
+    assert task is not None, panel_module.shown
     widget.exit()  # the user switches to another module: the timer keeps polling
     widget.onSceneStartClose(scene, None)
     scene.Clear(0)

@@ -410,3 +410,48 @@ def test_a_volume_removed_while_segmenting_is_a_message(session, monkeypatch) ->
     session.scene.RemoveNode(node)
     assert wait(session, task) is JobState.FAILED
     assert "removed" in session.message and session.view_state()["can_save"] is False
+
+
+# ------------------------------------------------------------------ what the page gained
+def test_the_page_suggests_what_to_label_next_and_shows_it(session) -> None:
+    """Suggest next to label was the panel's only; both render the same controller now."""
+    with pytest.raises(InputError, match="no unlabeled volumes to rank"):
+        session.suggest_next()
+    session.add_unlabeled("case0.nrrd")
+    straight = session.add_unlabeled("straight.nrrd")
+    task = session.suggest_next()
+    assert session.view_state()["rank_running"] is True
+    assert wait(session, task) is JobState.COMPLETED, task.error
+    state = session.view_state()
+    assert state["rank_running"] is False and state["rank_status"].startswith("2 volume(s)")
+    first, second = state["ranking"]  # the brighter box first (the fake's score: the mean)
+    assert first.startswith("1. case0: ") and second.startswith("2. straight: ")
+    assert session.message.endswith("label case0 next.")
+    session.show_ranked(1)
+    assert session.views.calls[-1] == ("volume", straight)
+
+
+def test_place_box_advice_and_the_uncertainty_map_on_the_page(session, data) -> None:
+    """A scan of the whole chest: the page says so in its words, and Place box fills the
+    region-of-interest field with a box it can edit; Show uncertainty reaches Segment."""
+    whole = Volume(np.zeros((22, 72, 72), np.float32), (5.0, 5.0, 2.5), (0, 0, 0))  # 360 mm
+    write_volume(whole, data.root / "chest.nrrd")
+    session.load_volume("chest.nrrd")
+    advice = session.view_state()["region_advice"]
+    assert advice.endswith(session_module.PAGE_PLACE_BOX_WORDS["field_of_view"])
+    text = session.place_box()
+    assert session.roi_text == text and session.view_state()["region_advice"] == ""
+    corners = np.reshape([float(v) for v in text.split(",")], (2, 3))
+    np.testing.assert_allclose(corners[1] - corners[0], (120, 90, 55), atol=0.1)  # a crop
+    (roi,) = roi_nodes(session)
+    assert session.parameters.roi is roi and roi.GetName() == session_module.ROI_NODE_NAME
+    session.roi_text = text  # typed back as it is: the same box in the same node
+    assert roi_nodes(session) == [roi] and session.parameters.roi is roi
+
+    session.load_volume("case0.nrrd")
+    session.roi_text = ""
+    session.parameters.show_uncertainty = True
+    task = session.segment()
+    assert "--uncertainty" in task.job.command
+    assert wait(session, task) is JobState.COMPLETED, task.error
+    assert ("overlay", task.uncertainty_result) in session.views.calls

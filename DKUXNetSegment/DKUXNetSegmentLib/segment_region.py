@@ -15,7 +15,7 @@ Only MRML is used here (no qt, no ``slicer.app``): the tests run it on slicer-co
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,16 +38,23 @@ TRAINING_CROP_MM = (120.0, 90.0, 55.0)
 # (e.g. 200 x 150 x 80 mm) about 4.
 FIELD_OF_VIEW_FACTOR = 4.0
 
-TOO_LARGE_ADVICE = (
+# What the advice found, then what to do about it in the front end's own controls.
+TOO_LARGE_FINDING = (
     "The result is far larger than any left atrium the model learned from: this scan shows "
-    "more than the heart. Click Place box, drag the box and its handles over the heart in the "
-    "slice views, then click Segment again: only the inside of the box is segmented."
+    "more than the heart."
 )
-FIELD_OF_VIEW_ADVICE = (
+FIELD_OF_VIEW_FINDING = (
     "This scan covers about {ratio:.0f} times the space of the scans the model learned from "
     "(cropped around the heart, about {crop}); on such scans it can take other tissue for the "
-    "atrium. Click Place box and fit the box over the heart before you segment."
+    "atrium."
 )
+#: What to do, in the Slicer panel's words (a front end with other controls brings its own).
+PLACE_BOX_PANEL_WORDS: Mapping[str, str] = {
+    "too_large": "Click Place box, drag the box and its handles over the heart in the slice "
+    "views, then click Segment again: only the inside of the box is segmented.",
+    "field_of_view": "Click Place box and fit the box over the heart before you segment.",
+}
+TOO_LARGE_ADVICE = f"{TOO_LARGE_FINDING} {PLACE_BOX_PANEL_WORDS['too_large']}"
 
 
 def field_of_view_ratio(volume_node: slicer.vtkMRMLVolumeNode) -> float:
@@ -67,6 +74,7 @@ def segment_region_advice(
     volume_node: slicer.vtkMRMLVolumeNode | None,
     roi_node: slicer.vtkMRMLMarkupsROINode | None = None,
     task: Any = None,
+    words: Mapping[str, str] = PLACE_BOX_PANEL_WORDS,
 ) -> str | None:
     """What the panel says above *Place box*; ``None``: nothing to say, the button is hidden.
 
@@ -75,6 +83,8 @@ def segment_region_advice(
         roi_node: the region of interest chosen; with one, a large field of view needs no word.
         task: the last :class:`~DKUXNetSegmentLib.logic.SegmentTask`, if any. Its volume check
             counts when it completed on this volume and found the result ``"too_large"``.
+        words: what to do, keyed ``"too_large"`` and ``"field_of_view"``
+            (:data:`PLACE_BOX_PANEL_WORDS`: the panel's).
     """
     if volume_node is None:
         return None
@@ -84,11 +94,12 @@ def segment_region_advice(
         and task.volume_node_id == volume_node.GetID()
         and "too_large" in task.checks
     ):
-        return TOO_LARGE_ADVICE
+        return f"{TOO_LARGE_FINDING} {words['too_large']}"
     ratio = field_of_view_ratio(volume_node)
     if roi_node is None and ratio > FIELD_OF_VIEW_FACTOR:
         crop = " x ".join(f"{size / 10:g}" for size in TRAINING_CROP_MM) + " cm"
-        return FIELD_OF_VIEW_ADVICE.format(ratio=ratio, crop=crop)
+        finding = FIELD_OF_VIEW_FINDING.format(ratio=ratio, crop=crop)
+        return f"{finding} {words['field_of_view']}"
     return None
 
 

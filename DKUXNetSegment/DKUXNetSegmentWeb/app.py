@@ -128,6 +128,7 @@ class DKUXNetWebApp(TrameApp):
                 "unlabeled_choice": None,
                 "device": parameters.device,
                 "tta": parameters.tta,
+                "show_uncertainty": parameters.show_uncertainty,
                 "iterations": parameters.iterations,
                 "roi_text": self.session.roi_text,
                 "data_files": data.volumes(),
@@ -136,6 +137,7 @@ class DKUXNetWebApp(TrameApp):
         )
         self.state.change("device")(self._on_device)
         self.state.change("tta")(self._on_tta)
+        self.state.change("show_uncertainty")(self._on_show_uncertainty)
         self.state.change("iterations")(self._on_iterations)
         self.state.change("roi_text")(self._on_roi_text)
         self.ctrl.on_server_ready.add(self._start_polling)
@@ -169,6 +171,10 @@ class DKUXNetWebApp(TrameApp):
     def cancel_segment(self) -> None:
         self._act(self.session.cancel_segment)
 
+    def place_box(self) -> None:
+        self._act(self.session.place_box)
+        self.state.roi_text = self.session.roi_text
+
     def save_segmentation(self) -> None:
         self._act(self.session.save_segmentation)
         self.state.data_files = self.session.data.volumes()
@@ -184,6 +190,15 @@ class DKUXNetWebApp(TrameApp):
 
     def remove_unlabeled(self, index: int) -> None:
         self._act(self.session.remove_unlabeled, int(index))
+
+    def suggest_next(self) -> None:
+        self._act(self.session.suggest_next)
+
+    def cancel_suggest_next(self) -> None:
+        self._act(self.session.cancel_suggest_next)
+
+    def show_ranked(self, row: int) -> None:
+        self._act(self.session.show_ranked, int(row))
 
     def start_fine_tune(self) -> None:
         self._act(self.session.start_fine_tune)
@@ -209,6 +224,9 @@ class DKUXNetWebApp(TrameApp):
 
     def _on_tta(self, tta: bool, **_: Any) -> None:
         self._act(setattr, self.session.parameters, "tta", bool(tta))
+
+    def _on_show_uncertainty(self, show_uncertainty: bool, **_: Any) -> None:
+        self._act(setattr, self.session.parameters, "show_uncertainty", bool(show_uncertainty))
 
     def _on_roi_text(self, roi_text: Any, **_: Any) -> None:
         self._act(setattr, self.session, "roi_text", str(roi_text or ""))  # checked on Segment
@@ -302,6 +320,13 @@ class DKUXNetWebApp(TrameApp):
                     classes="mr-2",
                 )
                 v3.VCheckbox(label="Test-time augmentation", v_model=("tta",), hide_details=True)
+            v3.VCheckbox(
+                id="show-uncertainty",
+                label="Show uncertainty (one network: with test-time augmentation)",
+                v_model=("show_uncertainty",),
+                density="compact",
+                hide_details=True,
+            )
             v3.VTextField(
                 id="roi-text",
                 label=ROI_LABEL,
@@ -311,6 +336,15 @@ class DKUXNetWebApp(TrameApp):
                 clearable=True,
                 classes="mt-2",
             )
+            with html.Div(v_if=("region_advice",), classes="mt-2"):
+                html.Div("{{ region_advice }}", id="region-advice", classes="text-caption")
+                v3.VBtn(
+                    "Place box",
+                    id="place-box",
+                    disabled=("segment_running",),
+                    click=self.place_box,
+                    size="small",
+                )
             with html.Div(classes="d-flex mt-2"):
                 v3.VBtn(
                     "Segment",
@@ -370,6 +404,33 @@ class DKUXNetWebApp(TrameApp):
                 )
                 v3.VBtn("Add", id="add-unlabeled", click=self.add_unlabeled, classes="ml-2")
             self._removable_list("unlabeled", self.remove_unlabeled)
+            with html.Div(classes="d-flex mt-1"):
+                v3.VBtn(
+                    "Suggest next to label",
+                    id="suggest-next",
+                    disabled=("rank_running",),
+                    click=self.suggest_next,
+                    classes="mr-2",
+                    size="small",
+                )
+                v3.VBtn(
+                    "Cancel",
+                    id="suggest-next-cancel",
+                    disabled=("!rank_running",),
+                    click=self.cancel_suggest_next,
+                    size="small",
+                )
+            html.Div("{{ rank_status }}", id="rank-status", classes="text-caption")
+            with (
+                v3.VList(id="ranking", density="compact", classes="py-0"),
+                v3.VListItem(
+                    v_for="(item, i) in ranking",
+                    key="i",
+                    click=(self.show_ranked, "[i]"),
+                    classes="px-1 text-caption",
+                ),
+            ):
+                html.Span("{{ item }}")
             v3.VTextField(
                 id="iterations",
                 label="Iterations",

@@ -73,7 +73,7 @@ class DataFolder:
 
         Hidden folders and :data:`RUNS` are skipped; at most :data:`MAX_LISTED` are listed.
         """
-        found = []
+        found: list[str] = []
         for path in self._walk(self.root):
             if volume_suffix(path) is not None:
                 if len(found) >= MAX_LISTED:  # one more than fits: say the list is cut

@@ -2,22 +2,25 @@
 
 The page (``app``) turns clicks into calls here and, on a timer, calls :meth:`WebSession.poll`
 and shows :meth:`WebSession.view_state`. Everything that runs the work is the Slicer module's:
-:class:`DKUXNetSegmentLib.logic.DKUXNetLogic` starts the same background ``dkuxnet`` jobs,
+:class:`DKUXNetSegmentLib.controller.Controller` (the same one the Slicer panel renders) says
+what may start, starts the background ``dkuxnet`` jobs through
+:class:`DKUXNetSegmentLib.logic.DKUXNetLogic`, acts on their ends and says what to show;
 :class:`~DKUXNetSegmentLib.logic.Parameters` keeps the choices in the same parameter node, and
 :mod:`DKUXNetSegmentLib.slicer_bridge` moves volumes and labels in and out of MRML. This file
 adds only what a page needs around them: files come from the :class:`DataFolder` by relative
-path, a Fine-tune example is a volume file plus a label file, and the views are reached
-through the small :class:`Views` protocol (trame-slicer's in the page, nothing in tests).
+path, a Fine-tune example is a volume file plus a label file, the region of interest is typed
+as two corners, and the views are reached through the small :class:`Views` protocol
+(trame-slicer's in the page, nothing in tests).
 
 No trame here: the session runs on ``slicer-core`` alone, which is how the tests drive it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import numpy as np
 import slicer
@@ -26,8 +29,8 @@ from dkuxnet.errors import InputError
 from dkuxnet.inference.roi import parse_ras_box
 from dkuxnet.io import Volume, read_label, read_volume, strip_volume_suffix, write_volume
 from dkuxnet.jobs import JobState
-from dkuxnet.runs import can_resume
 from DKUXNetSegmentLib import slicer_bridge
+from DKUXNetSegmentLib.controller import Controller, Outcome, View
 from DKUXNetSegmentLib.logic import (
     PANEL_WORDS,
     DKUXNetLogic,
@@ -35,10 +38,13 @@ from DKUXNetSegmentLib.logic import (
     FineTuneTask,
     LabeledPair,
     Parameters,
+    RankTask,
     SegmentTask,
-    Task,
-    fine_tune_model_and_device,
-    resolve_model,
+)
+from DKUXNetSegmentLib.segment_region import (
+    SEGMENT_REGION_ATTRIBUTE,
+    SEGMENT_REGION_NAME,
+    find_segment_region,
 )
 
 from . import charts
@@ -49,21 +55,29 @@ log = logging.getLogger(__name__)
 #: The parameter node's name and module attribute, as the Slicer module's logic makes it.
 MODULE_NAME = "DKUXNetSegment"
 
-#: The markups ROI that :attr:`WebSession.roi_text` becomes (one per session, reused).
-ROI_NODE_NAME = "Segment region"
+#: The markups ROI that :attr:`WebSession.roi_text` becomes: the Place box's "Segment region"
+#: (one per scene, reused).
+ROI_NODE_NAME = SEGMENT_REGION_NAME
 #: The page's names for the options a child's error may mention (the logic's ``panel_words``).
 PAGE_WORDS = {
     **PANEL_WORDS,
     "region of interest": "\nOn this page the box is the 'Region of interest' field (two "
     "opposite corners, RAS mm): type corners inside the image, or clear the field.",
 }
+#: What the Place box advice tells the page's user to do (the panel's: drag the box).
+PAGE_PLACE_BOX_WORDS = {
+    "too_large": "Click Place box: the Region of interest field gets a box around the scan's "
+    "centre; change its corners to fit the heart, then click Segment again: only the inside "
+    "of the box is segmented.",
+    "field_of_view": "Click Place box and change the Region of interest corners to fit the "
+    "heart before you segment.",
+}
+#: Decimals of the corners Place box writes into :attr:`WebSession.roi_text`, in mm.
+ROI_TEXT_DECIMALS = 1
 
 #: Extra layers to show over a finished segmentation: each hook gets the completed task and
-#: returns a volume node for the slice views' foreground, or ``None``. This is where the
-#: uncertainty map plugs in: the logic makes one when Segment is started with
-#: ``uncertainty=True`` (the panel's *Show uncertainty*) and keeps it as the task's
-#: ``uncertainty_result``, so ``lambda task: task.uncertainty_result`` shows it; the page does
-#: not ask for a map yet, and works without any hook.
+#: returns a volume node for the slice views' foreground, or ``None``. The uncertainty map
+#: (*Show uncertainty*) is shown without a hook.
 OverlayHook = Callable[[SegmentTask], Any]
 
 
@@ -122,18 +136,29 @@ class WebSession:
         self.data = data
         self.views: Views = views or NoViews()
         self.parameters = parameters or Parameters(new_parameter_node(self.scene))
+        self.controller = Controller(logic, lambda: self.parameters, PAGE_PLACE_BOX_WORDS)
         self.result_overlays: list[OverlayHook] = []
-        self.segment_task: SegmentTask | None = None
-        self.fine_tune_task: FineTuneTask | None = None
-        self.estimate_task: EstimateTask | None = None
         #: the last notice for the user (an error or what just happened); the page shows it
         self.message = ""
         self.result_summary = ""
-        #: Segment's region of interest as typed: "R1,A1,S1,R2,A2,S2", two opposite corners of
-        #: a box in RAS mm; empty: the whole image
-        self.roi_text = ""
+        self._roi_text = ""
         self._loaded: dict[str, str] = {}  # relative path -> volume node ID
-        self._roi_node_id = ""
+
+    @property
+    def segment_task(self) -> SegmentTask | None:
+        return self.controller.segment_task
+
+    @property
+    def fine_tune_task(self) -> FineTuneTask | None:
+        return self.controller.fine_tune_task
+
+    @property
+    def estimate_task(self) -> EstimateTask | None:
+        return self.controller.estimate_task
+
+    @property
+    def rank_task(self) -> RankTask | None:
+        return self.controller.rank_task
 
     # ------------------------------------------------------------------ volumes
     def load_volume(self, relative: str) -> slicer.vtkMRMLScalarVolumeNode:
@@ -172,36 +197,38 @@ class WebSession:
 
     # ------------------------------------------------------------------ Segment
     def segment(self) -> SegmentTask:
-        """Start Segment on the loaded volume with the chosen model, device and TTA, inside the
-        region of interest of :attr:`roi_text` when there is one.
+        """Start Segment on the loaded volume with the chosen model, device, TTA and
+        uncertainty map, inside the region of interest of :attr:`roi_text` when there is one.
 
         Raises:
-            InputError: no volume loaded, a Segment already running, a malformed region of
-                interest, or no model to use; nothing is started then.
+            InputError: a malformed region of interest, a Segment already running, no volume
+                loaded, or no model to use; nothing is started then.
         """
-        if _running(self.segment_task):
-            raise InputError("a segmentation is already running; wait for it or cancel it")
-        params = self.parameters
-        volume = params.input_volume
-        if volume is None:
-            raise InputError("load a volume first")
-        params.roi = self._roi_node()
-        model = resolve_model(params.model_source, params.model_path)
-        self.segment_task = self.logic.start_segment(
-            volume,
-            model,
-            device=params.device,
-            tta=params.tta,
-            segmentation_node=params.output_segmentation,
-            roi_node=params.roi,
-        )
+        self.parameters.roi = self._roi_node()
+        task = self.controller.segment()
         self.result_summary = ""
-        self.message = f"Segmenting {volume.GetName()}…"
-        return self.segment_task
+        self.message = f"Segmenting {task.job.config['volume']}…"
+        return task
+
+    @property
+    def roi_text(self) -> str:
+        """Segment's region of interest as typed: "R1,A1,S1,R2,A2,S2", two opposite corners of
+        a box in RAS mm; empty: the whole image.
+
+        Setting it moves the box at once when the text is a box (so that the advice knows a
+        box is chosen); a text that is not one is reported by :meth:`segment`.
+        """
+        return self._roi_text
+
+    @roi_text.setter
+    def roi_text(self, text: str) -> None:
+        self._roi_text = text
+        with contextlib.suppress(InputError):  # half-typed or wrong: Segment will say why
+            self.parameters.roi = self._roi_node()
 
     def _roi_node(self) -> slicer.vtkMRMLMarkupsROINode | None:
-        """:attr:`roi_text` as the session's markups ROI (made once, then moved), in world RAS;
-        ``None`` when the text is empty.
+        """:attr:`roi_text` as the scene's "Segment region" ROI (made once, then moved), in
+        world RAS; ``None`` when the text is empty.
 
         The page's box is aligned to the RAS axes by design (two typed corners, no rotation);
         on an oblique scan the crop is the voxel box around it, which can be wider than the
@@ -211,21 +238,35 @@ class WebSession:
             InputError: the text is not six numbers, or the box is flat along an axis
                 (:func:`parse_ras_box`).
         """
-        if not self.roi_text.strip():
+        if not self._roi_text.strip():
             return None
-        corner_a, corner_b = np.asarray(parse_ras_box(self.roi_text))
+        corner_a, corner_b = np.asarray(parse_ras_box(self._roi_text))
         size = np.abs(corner_b - corner_a)
-        node = self.scene.GetNodeByID(self._roi_node_id)
+        node = find_segment_region(self.scene)
         if node is None:
             node = self.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", ROI_NODE_NAME)
-            self._roi_node_id = node.GetID()
+            node.SetAttribute(SEGMENT_REGION_ATTRIBUTE, "1")
         node.SetCenter(*((corner_a + corner_b) / 2).tolist())
         node.SetSize(*size.tolist())
         return node
 
+    def place_box(self) -> str:
+        """Place box: a training crop's box at the scan's centre, clipped to the scan, as the
+        :attr:`roi_text` to edit; returns that text.
+
+        Raises:
+            InputError: no volume loaded.
+        """
+        roi = self.controller.place_segment_region()
+        bounds = [0.0] * 6
+        roi.GetRASBounds(bounds)  # a new box is aligned to the RAS axes
+        corners = [*bounds[0::2], *bounds[1::2]]
+        self.roi_text = ",".join(f"{value:.{ROI_TEXT_DECIMALS}f}" for value in corners)
+        self.message = "Placed a box around the scan's centre: fit its corners to the heart."
+        return self.roi_text
+
     def cancel_segment(self) -> None:
-        if (task := _active(self.segment_task)) is not None:
-            task.cancel()
+        self.controller.cancel_segment()
 
     def save_segmentation(self) -> str:
         """Write the last segmentation as a 0/1 label map on its volume's grid under
@@ -256,18 +297,13 @@ class WebSession:
         )
         return volume, slicer_bridge.export_segment(segmentation, segment_id, volume)
 
-    def _segment_finished(self, task: SegmentTask) -> None:
-        if task.state is JobState.FAILED:
-            self.message = f"Segmentation failed: {task.error}"
-            return
-        if task.state is JobState.CANCELLED:
-            self.message = "Segmentation cancelled."
-            return
+    def _show_segmentation(self, task: SegmentTask) -> None:
+        """A completed Segment: the volume, its result and overlays in the views, a summary."""
         volume, label = self._result_label(task)
         self.views.show_volume(volume)
         self.views.show_segmentation(task.result)
-        for hook in self.result_overlays:
-            overlay = hook(task)
+        overlays = [task.uncertainty_result] + [hook(task) for hook in self.result_overlays]
+        for overlay in overlays:
             if overlay is not None:
                 self.views.show_overlay(overlay)
         name = task.result.GetName() if task.result is not None else "segmentation"
@@ -276,9 +312,6 @@ class WebSession:
         self.result_summary = (
             f"{name}: {slicer_bridge.LEFT_ATRIUM}, {voxels} voxels "
             f"on the {x} × {y} × {z} grid of {volume.GetName()}"
-        )
-        self.message = "Segmentation finished." + "".join(
-            f" Warning: {warning}" for warning in task.warnings
         )
 
     # ------------------------------------------------------------------ Fine-tune examples
@@ -330,6 +363,22 @@ class WebSession:
             del volumes[index]
             self.parameters.unlabeled_volumes = volumes
 
+    # ------------------------------------------------------------------ Suggest next to label
+    def suggest_next(self) -> RankTask:
+        """Rank the unlabeled volumes by the model's uncertainty, most unsure first."""
+        task = self.controller.suggest_next()
+        self.message = "Ranking the unlabeled volumes…"
+        return task
+
+    def cancel_suggest_next(self) -> None:
+        self.controller.cancel_suggest_next()
+
+    def show_ranked(self, row: int) -> None:
+        """Show the volume of row ``row`` of the ranking in the views."""
+        node = self.controller.ranked_volume(row)
+        if node is not None:
+            self.views.show_volume(node)
+
     # ------------------------------------------------------------------ Fine-tune
     def start_fine_tune(self) -> FineTuneTask:
         """Start Fine-tune on the examples with the chosen iterations, start model and device.
@@ -337,14 +386,9 @@ class WebSession:
         Raises:
             InputError: a Fine-tune already running, no labeled example, or no start model.
         """
-        if _running(self.fine_tune_task):
-            raise InputError("fine-tuning is already running; wait for it or cancel it")
-        params = self.parameters
-        init_model, device = fine_tune_model_and_device(params)
-        task = self.logic.start_fine_tune(
-            params.labeled_pairs, params.unlabeled_volumes, params.iterations, init_model, device
-        )
-        return self._started_fine_tune(task)
+        task = self.controller.start_fine_tune()
+        self.message = "Fine-tuning started."
+        return task
 
     def resume_fine_tune(self) -> FineTuneTask:
         """Continue the last cancelled or failed Fine-tune from its ``last.pt``.
@@ -352,96 +396,65 @@ class WebSession:
         Raises:
             InputError: a Fine-tune running, or no run to resume.
         """
-        if _running(self.fine_tune_task):
-            raise InputError("fine-tuning is already running")
-        if not self.can_resume():
-            raise InputError("there is no stopped fine-tuning run to resume")
-        plots = self.fine_tune_task.plots if self.fine_tune_task is not None else None
-        task = self.logic.resume_fine_tune(self.parameters.fine_tune_folder, plots)
-        return self._started_fine_tune(task)
-
-    def cancel_fine_tune(self) -> None:
-        """Stop after the current iteration; ``last.pt`` is kept for Resume."""
-        if (task := _active(self.fine_tune_task)) is not None:
-            task.cancel()
-
-    def can_resume(self) -> bool:
-        folder = self.parameters.fine_tune_folder
-        finished = self.fine_tune_task is not None and self.fine_tune_task.state in (
-            JobState.COMPLETED,
-            JobState.RUNNING,
-        )
-        return bool(folder) and not finished and can_resume(Path(folder) / "run")
-
-    def _started_fine_tune(self, task: FineTuneTask) -> FineTuneTask:
-        self.fine_tune_task = task
-        if (estimate := _active(self.estimate_task)) is not None:
-            estimate.cancel()  # it would slow training down and measure nothing useful
-        self.parameters.fine_tune_folder = str(task.job.folder)
+        task = self.controller.resume_fine_tune()
         self.message = "Fine-tuning started."
         return task
 
+    def cancel_fine_tune(self) -> None:
+        """Stop after the current iteration; ``last.pt`` is kept for Resume."""
+        self.controller.cancel_fine_tune()
+
     def estimate_time(self) -> EstimateTask:
         """Measure how long the chosen Fine-tune takes on this machine (10-60 s on a CPU)."""
-        if _running(self.estimate_task):
-            raise InputError("the time estimate is already running")
-        init_model, device = fine_tune_model_and_device(self.parameters)
-        self.estimate_task = self.logic.start_estimate(
-            init_model, self.parameters.iterations, device
-        )
-        return self.estimate_task
-
-    def _fine_tune_finished(self, task: FineTuneTask) -> None:
-        if task.state is JobState.COMPLETED:
-            self.logic.adopt_model(task, self.parameters)
-            self.message = f"Fine-tuning finished; Segment now uses {task.model_path}."
-        elif task.state is JobState.CANCELLED:
-            self.message = "Fine-tuning cancelled; Resume continues from the last iteration."
-        else:
-            self.message = f"Fine-tuning failed: {task.error}"
+        return self.controller.estimate_time()
 
     # ------------------------------------------------------------------ the timer
     def poll(self) -> None:
-        """Read the running jobs' new events; act on the ones that just ended.
+        """Read the running jobs' new events; say what the ones that just ended did.
 
         A problem the user can fix while a job ends (e.g. its volume was removed) becomes
         :attr:`message`, like the errors of the buttons.
         """
-        try:
-            if (segment := _active(self.segment_task)) is not None:
-                segment.poll()
-                if segment.state.is_final:
-                    self._segment_finished(segment)
-            if (fine_tune := _active(self.fine_tune_task)) is not None:
-                fine_tune.poll()
-                if fine_tune.state.is_final:
-                    self._fine_tune_finished(fine_tune)
-        except InputError as exc:
-            self.message = str(exc)
-        if (estimate := _active(self.estimate_task)) is not None:
-            estimate.poll()
+        for outcome in self.controller.poll():
+            self._announce(outcome)
+
+    def _announce(self, outcome: Outcome) -> None:
+        self.message = outcome.message
+        task = outcome.task
+        if outcome.action == "segment" and task.state is JobState.COMPLETED:
+            assert isinstance(task, SegmentTask)
+            try:
+                self._show_segmentation(task)
+            except InputError as exc:
+                self.message = str(exc)
 
     def view_state(self) -> dict[str, Any]:
         """Everything the page shows, as plain values (names are the page's state names)."""
         params = self.parameters
         volume = params.input_volume
-        segment, fine_tune = self.segment_task, self.fine_tune_task
+        view: View = self.controller.view()
+        segment = self.segment_task
+        fine_tune = self.fine_tune_task
         state: dict[str, Any] = {
             "message": self.message,
             "volume_name": volume.GetName() if volume is not None else "",
-            "model_text": self.model_text(),
-            "segment_running": _running(segment),
-            "segment_progress": _percent(segment),
-            "segment_status": segment.describe() if segment is not None else "",
+            "model_text": view.model_text,
+            "segment_running": view.segment.running,
+            "segment_progress": view.segment.progress,
+            "segment_status": view.segment.status,
             "segment_result": self.result_summary,
             "can_save": bool(segment and segment.state is JobState.COMPLETED and segment.result),
+            "region_advice": view.region_advice,
             "labeled": [pair.describe() for pair in params.labeled_pairs],
             "unlabeled": [node.GetName() for node in params.unlabeled_volumes],
-            "fine_tune_running": _running(fine_tune),
-            "fine_tune_progress": _percent(fine_tune),
-            "fine_tune_status": fine_tune.describe() if fine_tune is not None else "",
-            "can_resume": self.can_resume() and not _running(fine_tune),
-            "estimate_text": self._estimate_text(),
+            "rank_running": view.ranking.running,
+            "rank_status": view.ranking.status,
+            "ranking": [f"{r.rank}. {r.name}: {r.score_text}" for r in view.ranked],
+            "fine_tune_running": view.fine_tune.running,
+            "fine_tune_progress": view.fine_tune.progress,
+            "fine_tune_status": view.fine_tune.status,
+            "can_resume": view.can_resume,
+            "estimate_text": view.estimate_text,
         }
         plots = fine_tune.plots if fine_tune is not None else None
         state["loss_chart"] = charts.line_chart(
@@ -454,38 +467,4 @@ class WebSession:
 
     def model_text(self) -> str:
         """The model Segment uses, for the page."""
-        params = self.parameters
-        try:
-            model = resolve_model(params.model_source, params.model_path)
-        except InputError as exc:
-            return f"no model: {exc}"
-        if params.model_source == "default":
-            return f"bundled model {model.name}"
-        kind = "fine-tuned model" if params.model_source == "run" else "model"
-        return f"{kind} {model}"
-
-    def _estimate_text(self) -> str:
-        task = self.estimate_task
-        if _running(task):
-            return "measuring…"
-        if task is not None and task.state is JobState.FAILED:
-            return f"Could not measure: {task.error}"
-        return self.logic.estimate_text(self.parameters)
-
-
-TaskT = TypeVar("TaskT", bound=Task)
-
-
-def _active(task: TaskT | None) -> TaskT | None:
-    """``task`` while it runs, else ``None``."""
-    return task if task is not None and not task.state.is_final else None
-
-
-def _running(task: Task | None) -> bool:
-    return _active(task) is not None
-
-
-def _percent(task: Task | None) -> int:
-    if task is None or task.progress is None:
-        return 0
-    return int(round(100 * task.progress))
+        return self.controller.model_text()
