@@ -9,6 +9,7 @@ the views show.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -222,6 +223,24 @@ def test_fine_tune_adopts_then_cancels_resumes_and_guards(controller, scene, mon
     assert resumed.state is JobState.COMPLETED and resumed.iteration == 30
     with pytest.raises(InputError, match="no stopped fine-tuning run"):
         controller.resume_fine_tune()
+
+
+def test_a_fine_tune_that_kept_its_start_model_says_so(controller, scene, monkeypatch) -> None:
+    """training.start_check: the start model validated first (Dice 0.9) was never beaten."""
+    monkeypatch.setenv("FAKE_DKUXNET_START_DICE", "0.9")
+    monkeypatch.setenv("FAKE_DKUXNET_DICE", "0.5,0.8,0.6")
+    params = controller.parameters
+    pair, _ = make_pair(scene, "L1", 1)
+    params.labeled_pairs, params.iterations = [pair], 6
+    params.start_from_current_model = True
+    task = controller.start_fine_tune()
+    (outcome,) = run_to_end(controller, task)
+    assert task.state is JobState.COMPLETED, task.error
+    assert outcome.level == "info" and outcome.message == (
+        "Fine-tuning finished without beating the start model on the validation scan; Segment "
+        f"uses the start model's weights, saved as {task.model_path}."
+    )
+    assert json.loads(task.model_path.read_text())["iteration"] == 0
 
 
 def test_can_resume_asks_the_folder_when_this_session_has_no_task(

@@ -349,6 +349,11 @@ class Controller:
         if task.state is JobState.COMPLETED:
             adopt_model(task, self.parameters)
             text = f"Fine-tuning finished; Segment now uses {task.model_path}."
+            if task.best_iteration == 0:  # training.start_check kept the start model
+                text = (
+                    "Fine-tuning finished without beating the start model on the validation "
+                    f"scan; Segment uses the start model's weights, saved as {task.model_path}."
+                )
             return Outcome("fine_tune", task, text, "info")
         if task.state is JobState.CANCELLED:
             text = "Fine-tuning cancelled; Resume continues from the last iteration."
