@@ -485,6 +485,12 @@ def test_progress_counts_the_windows_batch_by_batch(caplog: pytest.LogCaptureFix
     assert "predicted (37, 21, 50) in 24 windows" in caplog.messages
 
 
+def test_count_windows_at_a_high_overlap() -> None:
+    # overlap 0.95 of 16 voxels: a step of int(0.8) = 0 voxels, taken as 1 (MONAI's rule), so
+    # 20 voxels take the starts 0, 1, 2, 3, 4
+    assert count_windows((20, 16, 16), (16, 16, 16), 0.95) == 5
+
+
 def test_flip_variance_of_two_networks_is_that_of_their_mean() -> None:
     """Two identical networks average to the network itself: the same flip variance."""
     image = np.random.default_rng(1).random((10, 20, 40)).astype(np.float32)
