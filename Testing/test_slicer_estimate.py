@@ -101,6 +101,51 @@ def test_the_panel_text() -> None:
     assert busy.describe(10).endswith("float32); note: the CPU is busy (load 3.4 on 2 cores)")
 
 
+def test_the_panel_text_counts_the_labelling_of_the_unlabeled_volumes() -> None:
+    """Pseudo mode labels each unlabeled volume first; the estimate adds its windows' time."""
+    measured = logic_module.TimeEstimate.from_output(
+        '{"s_per_iteration": 2.0, "device": "cpu", "precision": "float32", "s_per_window": 0.5,'
+        ' "patch_size": [32, 64, 80], "target_spacing": [1.25, 1.25, 1.25], "overlap": 0.5}\n'
+    )
+    # 320 x 200 x 100 voxels of 0.625 mm -> 160 x 100 x 50 at 1.25 mm; (z, y, x) windows of
+    # 32 x 64 x 80 with steps 16 / 32 / 40: z 1 + ceil(18 / 16) = 3, y 1 + ceil(36 / 32) = 3,
+    # x 1 + ceil(80 / 40) = 3: 27 windows, 13.5 s; two such volumes 27 s
+    scan = ((320, 200, 100), (0.625, 0.625, 0.625))
+    assert measured.labelling_s([scan]) == pytest.approx(13.5)
+    assert measured.labelling_s([scan, scan]) == pytest.approx(27.0)
+    assert measured.describe(250, 27.0, 2) == (
+        "Expected: about 9 min for 250 iterations (2.0 s per iteration, labelling 2 unlabeled "
+        "volume(s) first: 27 s, measured on this machine, cpu, float32)"
+    )
+    without = logic_module.TimeEstimate(2.0, "cpu", "float32")  # not pseudo mode: nothing to add
+    assert without.labelling_s([scan]) == 0.0
+    assert without.describe(250, 0.0, 0) == without.describe(250)
+
+
+def test_the_panel_adds_the_labelling_of_its_listed_unlabeled_volumes(scene, tmp_path) -> None:
+    import numpy as np
+    import slicer
+
+    line = (
+        '{"s_per_iteration": 2.0, "device": "cpu", "precision": "float32", "s_per_window": 0.5, '
+        '"patch_size": [32, 64, 80], "target_spacing": [1.25, 1.25, 1.25], "overlap": 0.5}'
+    )
+    logic = logic_module.DKUXNetLogic(
+        scene, jobs_dir=tmp_path / "jobs", command_factory=printing_factory([], f"print({line!r})")
+    )
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"")  # the panel checks that the start model exists
+    task = logic.start_estimate(model, 250, "cpu")
+    assert task.wait(60) is JobState.COMPLETED, task.error
+    params = fine_tune_params(scene, model, "cpu", iterations=250)
+    assert logic.estimate_text(params) == task.result.describe(250)  # no unlabeled volume yet
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "U1")
+    slicer.util.updateVolumeFromArray(node, np.zeros((100, 200, 320), np.float32))  # (z, y, x)
+    node.SetSpacing(0.625, 0.625, 0.625)
+    params.unlabeled_volumes = [node]
+    assert logic.estimate_text(params) == task.result.describe(250, 13.5, 1)  # 27 windows
+
+
 def test_the_result_is_the_last_json_line_of_the_output() -> None:
     output = (
         f"$ python -m dkuxnet estimate\ninitialised 2 network(s)\n{{not json\n{ESTIMATE_LINE}\n"
@@ -191,6 +236,7 @@ def test_real_estimate_then_new_iteration_counts_from_the_cache(
     assert result is not None and result.s_per_iteration > 0
     assert result.total_s(40) == pytest.approx(40 * result.s_per_iteration)
     assert result.device == "cpu" and result.precision in ("bfloat16", "float32")
+    assert result.s_per_window is not None and result.s_per_window > 0  # a fine-tune: pseudo
     assert task.status.startswith("Expected: ") and "for 40 iterations" in task.status
 
     # The panel: another iteration count is computed from the cached seconds per iteration.

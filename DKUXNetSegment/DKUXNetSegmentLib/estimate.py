@@ -63,6 +63,11 @@ class TimeEstimate:
     device: str
     precision: str
     busy: str | None = None  # why the figure is pessimistic (a busy CPU), if it is
+    # pseudo mode: the start model labels each unlabeled scan first, one window at a time
+    s_per_window: float | None = None
+    patch_size: tuple[int, ...] = ()
+    target_spacing: tuple[float, ...] = ()  # (x, y, z) mm; empty: the scans' own grid
+    overlap: float = 0.5
 
     @classmethod
     def from_output(cls, text: str) -> TimeEstimate:
@@ -78,21 +83,50 @@ class TimeEstimate:
             if isinstance(seconds, int | float) and math.isfinite(seconds) and seconds > 0:
                 device, precision = record.get("device", "?"), record.get("precision", "?")
                 busy = record.get("busy")
-                return cls(float(seconds), str(device), str(precision), str(busy) if busy else None)
+                window = record.get("s_per_window")
+                return cls(
+                    float(seconds),
+                    str(device),
+                    str(precision),
+                    str(busy) if busy else None,
+                    float(window) if isinstance(window, int | float) else None,
+                    tuple(int(n) for n in record.get("patch_size") or ()),
+                    tuple(float(v) for v in record.get("target_spacing") or ()),
+                    float(record.get("overlap", 0.5)),
+                )
         raise InputError("the time estimate printed no seconds per iteration")
 
     def total_s(self, iterations: int) -> float:
         return self.s_per_iteration * iterations
 
-    def describe(self, iterations: int) -> str:
+    def labelling_s(self, scans: Sequence[tuple[Sequence[int], Sequence[float]]]) -> float:
+        """Seconds pseudo mode spends labelling ``scans`` (each its ``(x, y, z)`` size and
+        spacing) before the first iteration: their sliding windows at the model's grid."""
+        from dkuxnet.inference.predictor import count_windows
+
+        if self.s_per_window is None or not self.patch_size:
+            return 0.0
+        windows = 0
+        for size, spacing in scans:
+            target = self.target_spacing or tuple(spacing)
+            grid = [max(1, round(n * s / t)) for n, s, t in zip(size, spacing, target, strict=True)]
+            windows += count_windows(grid[::-1], self.patch_size, self.overlap)  # (z, y, x)
+        return self.s_per_window * windows
+
+    def describe(self, iterations: int, labelling_s: float = 0.0, scans: int = 0) -> str:
         """The panel's line, e.g. ``Expected: about 14 min for 250 iterations (3.4 s per
-        iteration, measured on this machine, cpu, bfloat16)``."""
+        iteration, measured on this machine, cpu, bfloat16)``; with ``labelling_s`` (pseudo
+        mode, :meth:`labelling_s` of the ``scans`` unlabeled volumes) the total includes it."""
         s = self.s_per_iteration
         per_iteration = f"{s:.1f}" if s >= 1 else f"{s:.2f}"
+        labelling = ""
+        if labelling_s > 0:
+            labelling = f", labelling {scans} unlabeled volume(s) first: {labelling_s:.0f} s"
         return (
-            f"Expected: {format_duration(self.total_s(iterations))} for {iterations} "
-            f"iterations ({per_iteration} s per iteration, measured on this machine, "
-            f"{self.device}, {self.precision})" + (f"; note: {self.busy}" if self.busy else "")
+            f"Expected: {format_duration(self.total_s(iterations) + labelling_s)} for "
+            f"{iterations} iterations ({per_iteration} s per iteration{labelling}, measured on "
+            f"this machine, {self.device}, {self.precision})"
+            + (f"; note: {self.busy}" if self.busy else "")
         )
 
 

@@ -283,4 +283,11 @@ class DKUXNetLogic:
         except InputError:
             return ""
         measured = self.cached_estimate(init_model, device)
-        return measured.describe(params.iterations) if measured else ""
+        if measured is None:
+            return ""
+        scans = [
+            (node.GetImageData().GetDimensions(), node.GetSpacing())
+            for node in params.unlabeled_volumes
+            if node.GetImageData() is not None
+        ]
+        return measured.describe(params.iterations, measured.labelling_s(scans), len(scans))

@@ -76,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
         seconds = trainer.time_iterations(args.repeats)
     iterations = config.training.iterations
     dtype = autocast_dtype(device, str(config.training.amp))
+    window_s = None
+    if config.training.mode == "pseudo" and args.init and config.data.unlabeled_batch > 0:
+        window_s = _time_one_window(args.init, config, str(device), args.repeats)
     result: dict[str, Any] = {
         "s_per_iteration": seconds,
         "iterations": iterations,
@@ -87,17 +90,47 @@ def run(args: argparse.Namespace) -> int:
         "batch": [config.data.labeled_batch, config.data.unlabeled_batch],
         "busy": busy,
     }
+    if window_s is not None:  # pseudo mode labels each unlabeled scan first, window by window
+        result["s_per_window"] = window_s
+        result["target_spacing"] = list(config.data.target_spacing)
+        result["overlap"] = config.inference.overlap
     if args.json:
         print(json.dumps(result))
         return 0
     patch = "x".join(map(str, config.data.patch_size))
     print(
         f"{config.training.mode}, patch {patch}, batch {config.data.labeled_batch}"
-        f"+{config.data.unlabeled_batch if config.training.mode == 'dual' else 0}, "
+        f"+{config.data.unlabeled_batch if config.training.mode in ('dual', 'pseudo') else 0}, "
         f"{result['precision']} on {device}: {seconds:.2f} s per iteration (median of "
         f"{args.repeats} after a warm-up); {iterations} iterations: "
         f"{format_duration(seconds * iterations)} (validation adds a little)"
     )
+    if window_s is not None:
+        print(
+            f"before training, the start model labels each unlabeled scan: {window_s:.2f} s per "
+            f"{patch} window at {config.data.target_spacing} mm (overlap {config.inference.overlap})"
+        )
     if busy:
         print(f"note: {busy}")
     return 0
+
+
+def _time_one_window(init: str, config: Any, device: str, repeats: int) -> float:
+    """Median seconds of the start model's prediction of one patch-sized image (one sliding
+    window), as pseudo mode predicts each unlabeled scan before training."""
+    import statistics
+    import time
+
+    import numpy as np
+
+    from dkuxnet.inference import Predictor
+
+    predictor = Predictor.from_checkpoint(init, device=device, tta=config.training.pseudo_tta)
+    image = np.random.default_rng(0).normal(size=config.data.patch_size).astype(np.float32)
+    predictor.predict_label(image)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        predictor.predict_label(image)
+        times.append(time.perf_counter() - start)
+    return float(statistics.median(times))
