@@ -122,6 +122,22 @@ def test_the_panel_text_counts_the_labelling_of_the_unlabeled_volumes() -> None:
     assert without.describe(250, 0.0, 0) == without.describe(250)
 
 
+def test_the_labelling_estimate_imports_no_torch_into_slicers_process() -> None:
+    """The panel computes it in Slicer's own process, where torch is never imported."""
+    import subprocess
+
+    code = (
+        "import sys; from DKUXNetSegmentLib.estimate import TimeEstimate; "
+        "t = TimeEstimate(2.0, 'cpu', 'float32', None, 0.5, (32, 64, 80), (1.25,) * 3); "
+        "print(t.labelling_s([((320, 200, 100), (0.625,) * 3)]), 'torch' in sys.modules)"
+    )
+    module_dir = Path(logic_module.__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=module_dir, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["13.5", "False"]
+
+
 def test_the_panel_adds_the_labelling_of_its_listed_unlabeled_volumes(scene, tmp_path) -> None:
     import numpy as np
     import slicer

@@ -97,12 +97,15 @@ TARGETS: dict[str, Target] = {
             ),
         ),
         functions=(
-            "count_windows",
             "keep_largest_component",
             "Predictor._sliding_window",
             "Predictor._predict_windows",
             "Predictor.label_from_probabilities",
         ),
+    ),
+    # the window count (moved out of the predictor, so the Slicer process needs no torch)
+    "grid": Target(
+        "src/dkuxnet/grid.py", ("Testing/test_predictor.py", "Testing/test_bad_inputs.py")
     ),
     # which checkpoint becomes best.pt, and what a resume restores
     "trainer": Target(

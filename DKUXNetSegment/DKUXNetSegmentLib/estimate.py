@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dkuxnet.errors import InputError
+from dkuxnet.grid import count_windows, resampled_grid
 from dkuxnet.jobs import Job, JobState
 from dkuxnet.reports import format_duration
 
@@ -102,14 +103,11 @@ class TimeEstimate:
     def labelling_s(self, scans: Sequence[tuple[Sequence[int], Sequence[float]]]) -> float:
         """Seconds pseudo mode spends labelling ``scans`` (each its ``(x, y, z)`` size and
         spacing) before the first iteration: their sliding windows at the model's grid."""
-        from dkuxnet.inference.predictor import count_windows
-
         if self.s_per_window is None or not self.patch_size:
             return 0.0
         windows = 0
         for size, spacing in scans:
-            target = self.target_spacing or tuple(spacing)
-            grid = [max(1, round(n * s / t)) for n, s, t in zip(size, spacing, target, strict=True)]
+            grid = resampled_grid(size, spacing, self.target_spacing or spacing)  # (x, y, z)
             windows += count_windows(grid[::-1], self.patch_size, self.overlap)  # (z, y, x)
         return self.s_per_window * windows
 

@@ -26,6 +26,7 @@ import SimpleITK as sitk
 import torch
 
 from dkuxnet.errors import InputError
+from dkuxnet.grid import resampled_grid
 from dkuxnet.io import Volume, read_volume, write_volume
 from dkuxnet.orientation import is_canonical, to_canonical
 
@@ -50,9 +51,7 @@ MAX_GRID_VOXELS = 2**29
 
 def resampled_size(volume: Volume, spacing: Sequence[float]) -> list[int]:
     """``(x, y, z)`` size of ``volume`` resampled to ``spacing`` (:func:`resample_to_spacing`)."""
-    old = np.asarray(volume.spacing, dtype=np.float64)
-    new = np.asarray(spacing, dtype=np.float64)
-    return [max(1, round(n * s / t)) for n, s, t in zip(volume.size, old, new, strict=True)]
+    return resampled_grid(volume.size, volume.spacing, spacing)
 
 
 def check_grid_size(

@@ -65,6 +65,7 @@ from scipy import ndimage
 from dkuxnet.config import UNCERTAINTY_CHOICES, TrainConfig
 from dkuxnet.device import autocast_dtype, resolve_device
 from dkuxnet.errors import CheckpointError, ConfigError, InputError
+from dkuxnet.grid import count_windows
 from dkuxnet.io import Volume
 from dkuxnet.orientation import to_canonical
 from dkuxnet.preprocessing import (
@@ -113,23 +114,6 @@ class PredictionResult:
     probabilities: Volume | None = None
     uncertainty: Volume | None = None
     uncertainty_measure: str | None = None
-
-
-def count_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> int:
-    """Number of windows ``sliding_window_inference`` visits (its own scan rule).
-
-    Args:
-        image_size: spatial size ``(D, H, W)`` of the image.
-        roi_size: window size ``(D, H, W)``.
-        overlap: overlap fraction in ``[0, 1)``.
-    """
-    total = 1
-    for size, roi in zip(image_size, roi_size, strict=True):
-        size = max(int(size), int(roi))  # smaller images are padded to the window
-        if size > roi:
-            interval = max(int(roi * (1 - overlap)), 1)
-            total *= math.ceil((size - roi) / interval) + 1
-    return total
 
 
 def resolve_uncertainty(measure: str, networks: int, tta: bool) -> str:
