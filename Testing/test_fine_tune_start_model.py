@@ -2,29 +2,26 @@
 it on the validation scans (``auto``: except in pseudo mode).
 
 The start weights are validated as iteration 0 and become ``best.pt`` (and ``last.pt``); the
-validation Dice is scripted as in ``test_selection.py``, so which weights end in ``best.pt``
-is known in advance.
+validation Dice is scripted with ``test_selection.py``'s helpers, so which weights end in
+``best.pt`` is known in advance.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
+from test_selection import _same, _scripted, _validations
 from tiny import TINY_MODEL
 
 from dkuxnet.config import ModelConfig, TrainConfig
 from dkuxnet.data import load_dataset
-from dkuxnet.events import read_events
 from dkuxnet.synthetic import write_synthetic_dataset
 from dkuxnet.training import Trainer
 from dkuxnet.training.checkpoint import load_checkpoint
-from dkuxnet.training.trainer import TrainingState
 
-Weights = list[dict[str, torch.Tensor]]
+Weights = list[dict[str, torch.Tensor]]  # what _scripted keeps of each validation
 
 
 def _config(iterations: int, mode: str = "supervised", start_check: str = "auto") -> TrainConfig:
@@ -57,39 +54,6 @@ def start_model(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     _scripted(trainer, [0.5], {})
     assert trainer.run() == "completed"
     return run / "best.pt"
-
-
-def _scripted(trainer: Trainer, dice: Sequence[float], seen: dict[int, Weights]) -> None:
-    """Validate with the next value of ``dice`` (keeping the weights validated); each step
-    nudges every weight by +0.01 instead of training."""
-    values = iter(dice)
-
-    def step(state: TrainingState, *args: Any) -> dict[str, float]:
-        with torch.no_grad():
-            for model in state.models:
-                for p in model.parameters():
-                    p.add_(0.01)
-        state.optimizer.step()
-        return {"total": 1.0}
-
-    def validate(networks: Sequence[torch.nn.Module], cases: Any, iteration: int) -> dict:
-        seen[iteration] = [
-            {k: v.detach().clone() for k, v in n.state_dict().items()} for n in networks
-        ]
-        mean = next(values)
-        return {"dice": {"case": mean}, "mean_dice": mean}
-
-    trainer._validate = validate  # type: ignore[method-assign]
-    trainer._step = step  # type: ignore[method-assign,assignment]
-
-
-def _same(a: Weights, b: Weights) -> bool:
-    return all(torch.equal(x[k], y[k]) for x, y in zip(a, b, strict=True) for k in x)
-
-
-def _validations(run: Path) -> dict[int, bool]:
-    events = read_events(run / "events.jsonl")
-    return {e["iteration"]: e["best"] for e in events if e["event"] == "validation"}
 
 
 def test_a_fine_tune_that_does_not_beat_its_start_model_keeps_it(
