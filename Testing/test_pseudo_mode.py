@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_trainer import STRONG, record_recipe, tiny_config
+from test_trainer import STRONG, _assert_same_weights, record_recipe, tiny_config
 
 from dkuxnet.data import Case, load_dataset
 from dkuxnet.errors import ConfigError
@@ -160,3 +160,56 @@ def test_estimate_and_run_build_the_same_pseudo_recipe(
     assert (set(views), batches[0]) == trained
     assert {"pseudo_image", "pseudo_label"} <= set(trained[1])
     assert trained[0] == {tuple(STRONG.values())}
+
+
+def test_refreshed_labels_are_the_trained_networks_and_a_resume_makes_the_same(
+    dataset: Path, start_model: Path, tmp_path: Path
+) -> None:
+    """``pseudo_refresh_every=2``: at iteration 2 the network being trained labels the
+    unlabeled scans again (its prediction, not the start model's), the rest of the run learns
+    from them, and a run stopped at that boundary and resumed makes the same labels and ends
+    with the same weights, bit for bit."""
+    data = load_dataset(dataset)
+    recipe = {"mode": "pseudo", "pseudo_tta": False, "schedule": "constant"}
+    cfg = tiny_config(iterations=4, pseudo_refresh_every=2, **recipe)
+    straight = tmp_path / "straight"
+    Trainer(cfg, data, straight, device="cpu", init=start_model).run()
+    stopped = tmp_path / "stopped"
+    Trainer(cfg.replace(training=cfg.training.replace(iterations=2)), data, stopped,
+            device="cpu", init=start_model).run()  # fmt: skip
+    assert not (stopped / PSEUDO_DIR / "round1").exists()  # a run's end is no boundary
+    at_boundary = tmp_path / "at2.pt"
+    at_boundary.write_bytes((stopped / "last.pt").read_bytes())
+    Trainer(cfg, data, stopped, device="cpu", resume=True).run()
+    _assert_same_weights(straight / "last.pt", stopped / "last.pt")
+
+    teacher = Predictor.from_checkpoint(at_boundary, device="cpu", tta=False)
+    start = Predictor.from_checkpoint(start_model, device="cpu", tta=False)
+    changed = 0
+    for case in data.unlabeled:
+        image = read_volume(case.image).array
+        expected = teacher.predict_label(image)
+        for run in (straight, stopped):
+            label = run / PSEUDO_DIR / "round1" / "rank0" / f"{case.name}.nii.gz"
+            np.testing.assert_array_equal(read_volume(label, what="label").array, expected)
+        changed += int((expected != start.predict_label(image)).sum())
+    assert changed > 0, "the trained network should label some voxels otherwise"
+    assert not (straight / PSEUDO_DIR / "round2").exists()
+    progress = [e for e in read_events(straight / "events.jsonl") if e["event"] == "progress"]
+    assert [e["done"] for e in progress] == [1, 2, 1, 2]
+
+
+def test_a_resume_past_a_refresh_without_its_labels_is_refused(
+    dataset: Path, start_model: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from dkuxnet.errors import CheckpointError
+
+    recipe = {"mode": "pseudo", "pseudo_tta": False, "pseudo_refresh_every": 2}
+    run = tmp_path / "run"
+    data = load_dataset(dataset)
+    Trainer(tiny_config(iterations=3, **recipe), data, run, device="cpu", init=start_model).run()
+    shutil.rmtree(run / PSEUDO_DIR / "round1")
+    with pytest.raises(CheckpointError, match="round 1 are missing.*iteration 3"):
+        Trainer(tiny_config(iterations=4, **recipe), data, run, device="cpu", resume=True).run()

@@ -387,6 +387,11 @@ class TrainingConfig(_Section):
             sampled) or ``strong`` (the ``strong_*`` intensity perturbation, as network A of the
             dual mode: the label comes from the clean scan, the network learns to give it on a
             perturbed one).
+        pseudo_refresh_every: in ``pseudo`` mode, every this many iterations the network being
+            trained labels the unlabeled scans again, whole, and the rest of the run learns
+            from those labels (rounds of self-training: the student, better on the new scans
+            than the start model, becomes the teacher); ``0`` (default) keeps the start
+            model's labels for the whole run. Each refresh costs one more labelling pass.
         start_check: whether a fine-tune (``--init``) first validates its start model, as
             iteration 0, so that only a fine-tuned model with a higher validation Dice replaces
             it (``on``), or adopts its own best validation (``off``). ``auto``: ``on``, except
@@ -464,6 +469,7 @@ class TrainingConfig(_Section):
     pseudo_weight: float = 1.0
     pseudo_tta: bool = False
     pseudo_view: str = "strong"
+    pseudo_refresh_every: int = 0
     start_check: str = "auto"
 
     def __post_init__(self) -> None:
@@ -473,6 +479,7 @@ class TrainingConfig(_Section):
         _check_choice(s, "pseudo_view", self.pseudo_view, ("weak", "strong"))
         _check_choice(s, "start_check", self.start_check, START_CHECK_CHOICES)
         _check_positive(s, "pseudo_weight", self.pseudo_weight, allow_zero=True)
+        _check_positive(s, "pseudo_refresh_every", self.pseudo_refresh_every, allow_zero=True)
         _check_choice(s, "supervised_view", self.supervised_view, ("weak", "strong"))
         _check_choice(s, "init_b", self.init_b, ("copy", "perturb", "fresh"))
         _check_positive(s, "init_b_noise", self.init_b_noise, allow_zero=True)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -74,6 +74,9 @@ from dkuxnet.training.distributed import (
 from dkuxnet.training.prefetch import Prefetcher
 from dkuxnet.training.runlock import RunLock
 from dkuxnet.training.schedules import lr_factor, sigmoid_rampup
+
+if TYPE_CHECKING:
+    from dkuxnet.inference import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +191,7 @@ def _pseudo_label_path(folder: Path, case: Case) -> Path:
 
 
 def pseudo_label_cases(
-    checkpoint: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str] | Predictor,
     cases: Sequence[Case],
     folder: Path,
     *,
@@ -203,11 +206,13 @@ def pseudo_label_cases(
     to ``folder/<name>.nii.gz``; a label already there (a restarted run) is used as it is. A
     scan where the model finds no foreground is left out (nothing to learn from it, and a
     foreground-centred crop needs some). ``on_case(done, total, name)`` follows the progress.
+    ``checkpoint`` may also be a ready :class:`~dkuxnet.inference.Predictor` (the live network
+    of a run that refreshes its labels); ``device`` and ``tta`` then are the predictor's own.
     """
     from dkuxnet.inference import Predictor
     from dkuxnet.io import read_volume, write_volume
 
-    teacher: Predictor | None = None
+    teacher: Predictor | None = checkpoint if isinstance(checkpoint, Predictor) else None
     out = []
     for done, case in enumerate(cases, start=1):
         path = _pseudo_label_path(folder, case)
@@ -215,6 +220,7 @@ def pseudo_label_cases(
             found = bool(read_volume(path, what="label").array.any())
         else:
             if teacher is None:
+                assert not isinstance(checkpoint, Predictor)
                 teacher = Predictor.from_checkpoint(checkpoint, device=device, tta=tta)
             image = read_volume(case.image)
             label = teacher.predict_label(image.array)
@@ -403,11 +409,16 @@ class Trainer:
             train_cases = resample_cases(train_cases, cfg.data.target_spacing, cache)
             val_cases = resample_cases(val_cases, cfg.data.target_spacing, cache)
             unlabeled_cases = resample_cases(unlabeled_cases, cfg.data.target_spacing, cache)
-        # pseudo mode: label the unlabeled scans only when patches of them are drawn
-        pseudo_stream = self.pseudo and cfg.data.unlabeled_batch > 0
-        if pseudo_stream and unlabeled_cases:
+        # pseudo mode: label the unlabeled scans only when patches of them are drawn; the
+        # start model labels round 0, the network being trained each later round
+        pseudo_stream = self.pseudo and cfg.data.unlabeled_batch > 0 and bool(unlabeled_cases)
+        to_label = unlabeled_cases
+        resumed_at = int(self._resume_record["iteration"]) if self._resume_record else 0
+        if pseudo_stream and self._pseudo_round(resumed_at) == 0:
             unlabeled_cases = self._pseudo_labels(unlabeled_cases, dist_info, events)
         state = self._setup(dist_info)
+        if pseudo_stream and self._pseudo_round(resumed_at) > 0:
+            unlabeled_cases = self._refreshed_labels(state, to_label, dist_info, events)
         total, start = tcfg.iterations, state.iteration
         sampler = TwoStreamSampler(
             train_cases,
@@ -423,20 +434,7 @@ class Trainer:
         )
         sampler.preload()
         if pseudo_stream and unlabeled_cases:
-            # the pseudo-labeled scans: a labeled stream of their own, its own seed
-            self._pseudo_sampler = TwoStreamSampler(
-                unlabeled_cases,
-                [],
-                cfg.data.patch_size,
-                labeled_batch=cfg.data.unlabeled_batch,
-                unlabeled_batch=0,
-                seed=tcfg.seed + 7919,
-                rank=dist_info.rank,
-                world_size=dist_info.world_size,
-                foreground_ratio=cfg.data.foreground_ratio,
-                num_classes=cfg.model.out_channels,
-            )
-            self._pseudo_sampler.preload()
+            self._pseudo_sampler = self._pseudo_stream(unlabeled_cases, dist_info)
         validation = self._validation_cases(val_cases) if dist_info.is_main else []
         events.emit(
             "started",
@@ -456,14 +454,84 @@ class Trainer:
             check = tcfg.start_check
             if check == "on" or (check == "auto" and not self.pseudo):
                 self._validate_start_model(state, validation, events)
-        prefetch = Prefetcher(
-            lambda i: self._prepare_batch(sampler, i), start, total, depth=cfg.data.prefetch
+        while True:
+            # one pseudo-label round at a time (the whole run when the labels are not refreshed)
+            every = tcfg.pseudo_refresh_every if pseudo_stream else 0
+            until = min(total, (state.iteration // every + 1) * every) if every else total
+            prefetch = Prefetcher(
+                lambda i: self._prepare_batch(sampler, i),
+                state.iteration,
+                until,
+                depth=cfg.data.prefetch,
+            )
+            try:
+                status = self._loop(state, prefetch, validation, dist_info, events, until)
+            finally:
+                prefetch.close()
+            if status != "completed" or state.iteration >= total:
+                return status
+            labeled = self._refreshed_labels(state, to_label, dist_info, events)
+            if labeled:  # else the previous round's labels stay
+                self._pseudo_sampler = self._pseudo_stream(labeled, dist_info)
+
+    def _pseudo_round(self, iteration: int) -> int:
+        """Which labels the iteration after ``iteration`` learns from: 0 = the start model's,
+        k = those the network made at iteration ``k * training.pseudo_refresh_every``."""
+        every = self.config.training.pseudo_refresh_every
+        return iteration // every if every and self.pseudo else 0
+
+    def _pseudo_stream(self, cases: Sequence[Case], dist_info: DistInfo) -> TwoStreamSampler:
+        """The pseudo-labeled scans as a labeled stream of their own, with its own seed."""
+        cfg = self.config
+        sampler = TwoStreamSampler(
+            cases,
+            [],
+            cfg.data.patch_size,
+            labeled_batch=cfg.data.unlabeled_batch,
+            unlabeled_batch=0,
+            seed=cfg.training.seed + 7919,
+            rank=dist_info.rank,
+            world_size=dist_info.world_size,
+            foreground_ratio=cfg.data.foreground_ratio,
+            num_classes=cfg.model.out_channels,
         )
-        try:
-            status = self._loop(state, prefetch, validation, dist_info, events)
-        finally:
-            prefetch.close()
-        return status
+        sampler.preload()
+        return sampler
+
+    def _refreshed_labels(
+        self,
+        state: TrainingState,
+        cases: list[Case],
+        dist_info: DistInfo,
+        events: EventWriter,
+    ) -> list[Case]:
+        """``training.pseudo_refresh_every``: the unlabeled ``cases`` labeled by the network as
+        it is at ``state.iteration`` (a round boundary, checkpointed as ``last.pt`` just
+        before), cached per round so that a run resumed at the boundary makes the same."""
+        round_ = self._pseudo_round(state.iteration)
+        folder = self.run_dir / PSEUDO_DIR / f"round{round_}" / f"rank{dist_info.rank}"
+        made_at = round_ * self.config.training.pseudo_refresh_every
+        missing = [c for c in cases if not _pseudo_label_path(folder, c).exists()]
+        if missing and state.iteration != made_at:
+            raise CheckpointError(
+                f"{folder}: the pseudo-labels of round {round_} are missing, and this run "
+                f"resumes at iteration {state.iteration}, past the iteration {made_at} that "
+                "made them; start a new run"
+            )
+        from dkuxnet.inference import Predictor
+
+        def progress(done: int, total: int, name: str) -> None:
+            events.emit("progress", stage="pseudo-labels", done=done, total=total, case=name)
+
+        teacher = Predictor(
+            state.networks[:1], self.config, self.device, tta=self.config.training.pseudo_tta
+        )
+        labeled = pseudo_label_cases(
+            teacher, cases, folder, device=self.device, tta=teacher.tta, on_case=progress
+        )
+        log.info("pseudo-labels: %d of %d unlabeled scans labeled again at iteration %d",
+                 len(labeled), len(cases), state.iteration)  # fmt: skip
+        return labeled
 
     def _validate_start_model(
         self, state: TrainingState, validation: Sequence[ValidationCase], events: EventWriter
@@ -657,12 +725,16 @@ class Trainer:
         validation: Sequence[ValidationCase],
         dist_info: DistInfo,
         events: EventWriter,
+        until: int | None = None,
     ) -> str:
+        """Train from ``state.iteration`` to ``until`` (default: the end), validating and
+        checkpointing as configured and at ``until`` (a pseudo-label round's end)."""
         tcfg = self.config.training
         total = tcfg.iterations
+        until = total if until is None else until
         status = "completed"
         t_last = time.perf_counter()
-        while state.iteration < total:
+        while state.iteration < until:
             it = state.iteration
             wait_before = prefetch.wait_s
             batch = prefetch.get(it)
@@ -702,7 +774,8 @@ class Trainer:
                 if improved:
                     path = self._save(BEST_CHECKPOINT, state)
                     events.emit("checkpoint", iteration=it, path=str(path), kind="best")
-            if dist_info.is_main and (it % tcfg.checkpoint_every == 0 or it == total or stop):
+            at_end = it in (total, until)
+            if dist_info.is_main and (it % tcfg.checkpoint_every == 0 or at_end or stop):
                 path = self._save(LAST_CHECKPOINT, state)
                 events.emit("checkpoint", iteration=it, path=str(path), kind="last")
             barrier(dist_info)
