@@ -30,7 +30,10 @@ Arms (``--arms``; ``NAME@N`` runs NAME with N iterations instead of ``--iteratio
 networks, no consistency), ``dual`` (the paper's method: both consistency losses), ``pseudo``
 (the start model labels the unlabeled scans once, whole; one network learns from labeled +
 pseudo-labeled patches, a strong view of the latter), ``pseudo-weak`` (the patches as sampled),
-``pseudo-tta`` (the labels with flip test-time augmentation); ``supervised-lr1e-4``,
+``pseudo-tta`` (the labels with flip test-time augmentation), ``pseudo-refresh`` (rounds of
+self-training: halfway through, the network being trained labels the unlabeled scans again),
+``oracle`` (not a user's option but the ceiling: all 20 scans given with their true labels, a
+supervised fine-tune; its score (a) includes scans it trained on); ``supervised-lr1e-4``,
 ``pseudo-lr1e-4``, ``supervised-lr3e-5``, ``pseudo-lr3e-5`` (a fine-tune's learning rate below
 the 3e-4 of a new model).
 A fine-tune validates its start model first and keeps it unless the fine-tuned one scores
@@ -80,6 +83,10 @@ ARMS: dict[str, tuple[str, ...]] = {
     "pseudo": ("training.mode=pseudo",),
     "pseudo-weak": ("training.mode=pseudo", "training.pseudo_view=weak"),
     "pseudo-tta": ("training.mode=pseudo", "training.pseudo_tta=true"),
+    # rounds of self-training: the student labels the unlabeled scans again halfway
+    "pseudo-refresh": ("training.mode=pseudo", "training.pseudo_refresh_every=HALF"),
+    # the ceiling, not a user's choice: all 20 fine-tune scans given with their true labels
+    "oracle": ("training.mode=supervised", "training.start_check=off"),
     # the learning rate of a fine-tune: 3e-4 is a new model's (AdamW, no warm-up)
     "supervised-lr1e-4": ("training.mode=supervised", "training.lr=1e-4"),
     "pseudo-lr1e-4": ("training.mode=pseudo", "training.lr=1e-4"),
@@ -196,7 +203,7 @@ def fine_tune(
         )
     else:
         pairs = []
-        for case in cases["labeled"]:
+        for case in cases["labeled"] + cases.get("oracle", []):
             assert case.label is not None
             node = slicer_bridge.add_volume_node(scene, read_volume(case.image), case.name)
             seg = slicer_bridge.import_label(read_volume(case.label, what="label"), node)
@@ -204,6 +211,7 @@ def fine_tune(
         unlabeled = [
             slicer_bridge.add_volume_node(scene, read_volume(c.image), c.name)
             for c in cases["unlabeled"]
+            if "oracle" not in cases
         ]
         task = logic.start_fine_tune(
             pairs, unlabeled, iterations, init_model=model, device="cpu", extra_settings=settings
@@ -345,8 +353,11 @@ def main() -> None:
                 if arm == "bundled":
                     scored, elapsed = model, 0.0
                 else:
-                    settings = (*ARMS[arm], f"training.seed={seed}")
-                    scored, elapsed = fine_tune(cases, settings, iters, model, runs)
+                    settings = tuple(
+                        x.replace("HALF", str(max(1, iters // 2))) for x in ARMS[arm]
+                    ) + (f"training.seed={seed}",)
+                    given = cases | {"oracle": cases["unlabeled"]} if arm == "oracle" else cases
+                    scored, elapsed = fine_tune(given, settings, iters, model, runs)
                 results[key] = {
                     "time_s": elapsed,
                     "unlabeled": dice_scores(scored, cases["unlabeled"]),
