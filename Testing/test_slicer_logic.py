@@ -638,3 +638,18 @@ def test_the_self_test_phantom_with_the_bundled_model(scene, tmp_path) -> None:
     assert inside / max(segment.sum(), 1) > 0.9  # INSIDE_FLOOR
     # and not a token few voxels: recall measured 0.098 (236 of 2,401 voxels), floor half that
     assert inside / truth.sum() > 0.05, (inside, segment.sum(), truth.sum())
+
+
+def test_fine_tune_status_names_who_labels_the_unlabeled_scans(tmp_path: Path) -> None:
+    """Pseudo mode's labelling: the start model before the first iteration; the network being
+    trained when ``training.pseudo_refresh_every`` labels them again mid-run."""
+    from DKUXNetSegmentLib.fine_tune import FineTuneTask
+
+    task = FineTuneTask(job=None, run_dir=tmp_path, plots=None)  # type: ignore[arg-type]
+    labelling = {"event": "progress", "stage": "pseudo-labels", "done": 3, "total": 16}
+    task._on_event({"event": "started", "total": 100, "resumed_from": 0})
+    task._on_event(labelling)
+    assert task.status == "labelling the unlabeled scans with the start model: 3/16"
+    task._on_event({"event": "started", "total": 100, "resumed_from": 50})  # a resume at 50
+    task._on_event(labelling)
+    assert task.status == "labelling the unlabeled scans with the network of iteration 50: 3/16"

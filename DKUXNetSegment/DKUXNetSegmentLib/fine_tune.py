@@ -160,9 +160,15 @@ class FineTuneTask(Task):
             self.iteration = int(event.get("resumed_from") or 0)
             self.status = f"started on {event.get('device', '?')}"
         elif kind == "progress" and event.get("stage") == "pseudo-labels":
-            # pseudo mode, before the first iteration: the start model labels the scans
+            # pseudo mode: the start model labels the scans before the first iteration, and
+            # with training.pseudo_refresh_every the network being trained labels them again
+            who = (
+                f"the network of iteration {self.iteration}"
+                if self.iteration
+                else "the start model"
+            )
             self.status = (
-                f"labelling the unlabeled scans with the start model: "
+                f"labelling the unlabeled scans with {who}: "
                 f"{event.get('done', '?')}/{event.get('total', '?')}"
             )
         elif kind == "iteration":
