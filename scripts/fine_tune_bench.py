@@ -81,18 +81,27 @@ ARMS: dict[str, tuple[str, ...]] = {
     "supervised": ("training.mode=supervised",),
     "two-nets": ("training.mode=dual", "training.use_segc=false", "training.use_qdc=false"),
     "dual": ("training.mode=dual",),
-    "pseudo": ("training.mode=pseudo",),
-    "pseudo-weak": ("training.mode=pseudo", "training.pseudo_view=weak"),
+    # pseudo-label arms name their labelling explicitly, whatever the default of the day
+    "pseudo": ("training.mode=pseudo", "training.pseudo_tta=false"),
+    "pseudo-weak": (
+        "training.mode=pseudo",
+        "training.pseudo_view=weak",
+        "training.pseudo_tta=false",
+    ),
     "pseudo-tta": ("training.mode=pseudo", "training.pseudo_tta=true"),
     # rounds of self-training: the student labels the unlabeled scans again halfway
-    "pseudo-refresh": ("training.mode=pseudo", "training.pseudo_refresh_every=HALF"),
+    "pseudo-refresh": (
+        "training.mode=pseudo",
+        "training.pseudo_refresh_every=HALF",
+        "training.pseudo_tta=false",
+    ),
     # the ceiling, not a user's choice: all 20 fine-tune scans given with their true labels
     "oracle": ("training.mode=supervised", "training.start_check=off"),
     # the learning rate of a fine-tune: 3e-4 is a new model's (AdamW, no warm-up)
     "supervised-lr1e-4": ("training.mode=supervised", "training.lr=1e-4"),
-    "pseudo-lr1e-4": ("training.mode=pseudo", "training.lr=1e-4"),
+    "pseudo-lr1e-4": ("training.mode=pseudo", "training.lr=1e-4", "training.pseudo_tta=false"),
     "supervised-lr3e-5": ("training.mode=supervised", "training.lr=3e-5"),
-    "pseudo-lr3e-5": ("training.mode=pseudo", "training.lr=3e-5"),
+    "pseudo-lr3e-5": ("training.mode=pseudo", "training.lr=3e-5", "training.pseudo_tta=false"),
 }
 SCANNERS = ("thick-slices", "low-res", "bias-oblique")
 #: ``own``: the scans as the challenge gives them (only ``bundled`` is meant for it: the shift's cost)
