@@ -41,7 +41,8 @@ A fine-tune validates its start model first and keeps it unless the fine-tuned o
 higher on the labeled validation scan (the trainer's start check); the table says which model
 was adopted and, where the start model was kept, also scores the fine-tuned weights
 (``last.pt``). Every finished arm's scores and wall-clock time (the panel's elapsed time, pseudo-labelling and
-validation included) go to ``OUT/results.json``; ``OUT/table.md`` is rewritten after each arm.
+validation included) go to ``OUT/results.json``; ``OUT/table.md`` (every run) and
+``OUT/summary.md`` (means over the seeds) are rewritten after each arm.
 A run killed mid-arm resumes that arm's run on the next start (the panel's Resume).
 """
 
@@ -324,6 +325,48 @@ def table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary(results: dict) -> str:
+    """Markdown: per scanner and arm (at each iteration count), the mean over the seeds run of
+    the fine-tuned weights' Dice (a) / (b) and its difference to the bundled model, the runs
+    above it, and the mean wall-clock time; ``own`` (the bundled model on the scans as given)
+    is the reference for what each scanner costs."""
+
+    def mean(scores: dict[str, float]) -> float:
+        return statistics.mean(scores.values())
+
+    def own(r: dict) -> dict:
+        return r.get("fine_tuned") or r
+
+    groups: dict[tuple[str, str, int], list[dict]] = {}
+    for key, r in results.items():
+        scanner, arm, iters, _seed = key.split("|")
+        groups.setdefault((scanner, arm, int(iters)), []).append(r)
+    lines = [
+        "Mean over the seeds run: Dice % (a) on the 16 unlabeled scans / (b) on the "
+        f"{HELD_OUT} held-out scans, of the fine-tuned weights; its difference to the bundled "
+        "model on the same scanner; runs above the bundled model in (a) / (b); mean time.",
+        "",
+        "| scanner | arm | iterations | seeds | (a) / (b) | vs bundled (a) / (b) "
+        "| runs above bundled | time (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (scanner, arm, iters), runs in sorted(groups.items()):
+        bundled = results.get(f"{scanner}|bundled|0|0")
+        a = [mean(own(r)["unlabeled"]) for r in runs]
+        b = [mean(own(r)["held_out"]) for r in runs]
+        versus = above = ""
+        if bundled is not None and arm != "bundled":
+            ref_a, ref_b = mean(bundled["unlabeled"]), mean(bundled["held_out"])
+            versus = f"{statistics.mean(a) - ref_a:+.2f} / {statistics.mean(b) - ref_b:+.2f}"
+            above = f"{sum(x > ref_a for x in a)}/{len(a)} / {sum(x > ref_b for x in b)}/{len(b)}"
+        time_s = statistics.mean(r["time_s"] for r in runs)
+        lines.append(
+            f"| {scanner} | {arm} | {iters} | {len(runs)} | {statistics.mean(a):.2f} / "
+            f"{statistics.mean(b):.2f} | {versus} | {above} | {time_s:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -381,6 +424,7 @@ def main() -> None:
                     results[key] |= guard_details(scored, cases)
                 results_path.write_text(json.dumps(results, indent=1))
                 (args.out / "table.md").write_text(table(results))
+                (args.out / "summary.md").write_text(summary(results))
                 print(table(results), flush=True)
 
 
