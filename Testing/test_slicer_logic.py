@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -527,7 +528,8 @@ def test_task_describe_is_the_status_line(scene, logic, monkeypatch) -> None:
         task.poll()
         time.sleep(0.02)
     line = task.describe()
-    assert line.startswith("iteration ") and " — elapsed 0:0" in line and "left" in line
+    # the format, not the clock: on a busy machine the child may take more than 10 s to start
+    assert re.fullmatch(r"iteration \d+/20, loss [\d.]+ — elapsed [\d:]+, about [\d:]+ left", line)
     task.cancel(grace_s=10)
     assert task.wait(TIMEOUT) is JobState.CANCELLED
     assert task.describe().startswith("cancelled — elapsed") and "left" not in task.describe()
