@@ -28,7 +28,7 @@ MODEL_SOURCES = ("default", "run", "file")
 # Fine-tune length unless the user changes it. A fine-tune from a model runs in pseudo mode
 # (dkuxnet.run_config.FINE_TUNE_MODE): one network, about the cost of a supervised iteration
 # (1.0 s on a 2-core bf16 CPU, 2.5-4 s on one without bf16), after the start model has labelled
-# the unlabeled scans once (with flip TTA: ~10 s a scan on the CPU without bf16); the paper's
+# the unlabeled scans once (with flip TTA: 10-15 s a scan on the CPU without bf16); the paper's
 # dual mode took 3.4 s on the bf16 CPU. Estimate time
 # measures the user's own machine. Also the value of iterationsSpinBox in the .ui file.
 DEFAULT_FINE_TUNE_ITERATIONS = 250

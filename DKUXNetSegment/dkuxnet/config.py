@@ -385,7 +385,7 @@ class TrainingConfig(_Section):
             benchmark (docs/fine_tune_bench.md: 3 simulated scanners, 3 seeds, 100 iterations)
             its labels taught a little more than the plain ones: +0.4 / +0.3 Dice points on
             the thick-slices scanner (3 of 3 seeds), about even on the other two; they cost
-            ~10 s a scan instead of ~1.4 s on a 2-core CPU without bf16.
+            ~10-15 s a scan instead of ~1.4 s on a 2-core CPU without bf16.
         pseudo_view: what the network sees of the pseudo-labeled patches: ``weak`` (as
             sampled) or ``strong`` (the ``strong_*`` intensity perturbation, as network A of the
             dual mode: the label comes from the clean scan, the network learns to give it on a
