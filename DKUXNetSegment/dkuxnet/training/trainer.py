@@ -414,11 +414,12 @@ class Trainer:
         pseudo_stream = self.pseudo and cfg.data.unlabeled_batch > 0 and bool(unlabeled_cases)
         to_label = unlabeled_cases
         resumed_at = int(self._resume_record["iteration"]) if self._resume_record else 0
-        if pseudo_stream and self._pseudo_round(resumed_at) == 0:
-            unlabeled_cases = self._pseudo_labels(unlabeled_cases, dist_info, events)
+        first_round = self._pseudo_round(resumed_at)
+        if pseudo_stream and first_round == 0:  # the start model's labels, before the networks
+            unlabeled_cases = self._pseudo_labels(unlabeled_cases, None, dist_info, events)
         state = self._setup(dist_info)
-        if pseudo_stream and self._pseudo_round(resumed_at) > 0:
-            unlabeled_cases = self._refreshed_labels(state, to_label, dist_info, events)
+        if pseudo_stream and first_round > 0:
+            unlabeled_cases = self._pseudo_labels(to_label, state, dist_info, events)
         total, start = tcfg.iterations, state.iteration
         sampler = TwoStreamSampler(
             train_cases,
@@ -470,7 +471,7 @@ class Trainer:
                 prefetch.close()
             if status != "completed" or state.iteration >= total:
                 return status
-            labeled = self._refreshed_labels(state, to_label, dist_info, events)
+            labeled = self._pseudo_labels(to_label, state, dist_info, events)
             if labeled:  # else the previous round's labels stay
                 self._pseudo_sampler = self._pseudo_stream(labeled, dist_info)
 
@@ -497,41 +498,6 @@ class Trainer:
         )
         sampler.preload()
         return sampler
-
-    def _refreshed_labels(
-        self,
-        state: TrainingState,
-        cases: list[Case],
-        dist_info: DistInfo,
-        events: EventWriter,
-    ) -> list[Case]:
-        """``training.pseudo_refresh_every``: the unlabeled ``cases`` labeled by the network as
-        it is at ``state.iteration`` (a round boundary, checkpointed as ``last.pt`` just
-        before), cached per round so that a run resumed at the boundary makes the same."""
-        round_ = self._pseudo_round(state.iteration)
-        folder = self.run_dir / PSEUDO_DIR / f"round{round_}" / f"rank{dist_info.rank}"
-        made_at = round_ * self.config.training.pseudo_refresh_every
-        missing = [c for c in cases if not _pseudo_label_path(folder, c).exists()]
-        if missing and state.iteration != made_at:
-            raise CheckpointError(
-                f"{folder}: the pseudo-labels of round {round_} are missing, and this run "
-                f"resumes at iteration {state.iteration}, past the iteration {made_at} that "
-                "made them; start a new run"
-            )
-        from dkuxnet.inference import Predictor
-
-        def progress(done: int, total: int, name: str) -> None:
-            events.emit("progress", stage="pseudo-labels", done=done, total=total, case=name)
-
-        teacher = Predictor(
-            state.networks[:1], self.config, self.device, tta=self.config.training.pseudo_tta
-        )
-        labeled = pseudo_label_cases(
-            teacher, cases, folder, device=self.device, tta=teacher.tta, on_case=progress
-        )
-        log.info("pseudo-labels: %d of %d unlabeled scans labeled again at iteration %d",
-                 len(labeled), len(cases), state.iteration)  # fmt: skip
-        return labeled
 
     def _validate_start_model(
         self, state: TrainingState, validation: Sequence[ValidationCase], events: EventWriter
@@ -587,31 +553,50 @@ class Trainer:
         return state
 
     def _pseudo_labels(
-        self, cases: list[Case], dist_info: DistInfo, events: EventWriter
+        self,
+        cases: list[Case],
+        state: TrainingState | None,
+        dist_info: DistInfo,
+        events: EventWriter,
     ) -> list[Case]:
-        """``pseudo`` mode: the unlabeled ``cases`` labeled by the start model (see
-        :func:`pseudo_label_cases`), cached in the run folder so that a resume reuses them."""
-        folder = self.run_dir / PSEUDO_DIR / f"rank{dist_info.rank}"
+        """``pseudo`` mode: the unlabeled ``cases`` labeled (see :func:`pseudo_label_cases`)
+        by the start model (round 0, ``state`` ``None``: before the networks are built) or,
+        with ``training.pseudo_refresh_every``, by the network as it is at ``state.iteration``
+        (a round boundary, checkpointed as ``last.pt`` just before). Cached per round in the
+        run folder, so that a resume reuses them or, resumed at the boundary, makes the same."""
+        every = self.config.training.pseudo_refresh_every
+        round_ = 0 if state is None else self._pseudo_round(state.iteration)
+        folder = self.run_dir / PSEUDO_DIR
+        folder = (folder / f"round{round_}" if round_ else folder) / f"rank{dist_info.rank}"
         missing = [c for c in cases if not _pseudo_label_path(folder, c).exists()]
-        if missing and self.init is None:
+        if missing and round_ == 0 and self.init is None:
             raise CheckpointError(
                 f"{folder}: the pseudo-labels of {len(missing)} unlabeled scan(s) are missing "
                 "and this resumed run does not know its start model; start a new run"
+            )
+        if missing and state is not None and state.iteration != round_ * every:
+            raise CheckpointError(
+                f"{folder}: the pseudo-labels of round {round_} are missing, and this run "
+                f"resumes at iteration {state.iteration}, past the iteration {round_ * every} "
+                "that made them; start a new run"
             )
 
         def progress(done: int, total: int, name: str) -> None:
             events.emit("progress", stage="pseudo-labels", done=done, total=total, case=name)
 
+        tta = self.config.training.pseudo_tta
+        teacher: str | os.PathLike[str] | Predictor = self.init or ""
+        who = "the start model"
+        if state is not None and round_:
+            from dkuxnet.inference import Predictor
+
+            teacher = Predictor(state.networks[:1], self.config, self.device, tta=tta)
+            who = f"the network of iteration {state.iteration}"
         labeled = pseudo_label_cases(
-            self.init or "",
-            cases,
-            folder,
-            device=self.device,
-            tta=self.config.training.pseudo_tta,
-            on_case=progress,
+            teacher, cases, folder, device=self.device, tta=tta, on_case=progress
         )
-        log.info("pseudo-labels: %d of %d unlabeled scans labeled by the start model",
-                 len(labeled), len(cases))  # fmt: skip
+        log.info("pseudo-labels: %d of %d unlabeled scans labeled by %s",
+                 len(labeled), len(cases), who)  # fmt: skip
         return labeled
 
     def _optimizer(self, networks: Sequence[nn.Module]) -> torch.optim.Optimizer:
