@@ -77,6 +77,14 @@ def test_command_and_environment() -> None:
     assert env["PYTHONUNBUFFERED"] == "1" and env["X_TEST"] == "1"
 
 
+def test_children_wait_passively_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert child_environment()["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a user's own setting wins
+    assert child_environment()["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert child_environment({"OMP_WAIT_POLICY": "PASSIVE"})["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
 def test_events_are_polled_incrementally_and_job_completes(tmp_path: Path) -> None:
     job = script_job(
         tmp_path,
