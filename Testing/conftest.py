@@ -1,22 +1,35 @@
-"""Shared fixtures for the Slicer-side tests, which run on the ``slicer-core`` package.
-
-Only slicer fixtures (and the module folder on ``sys.path``) live here; the rest of the suite
-needs none. Tests that use them are
-skipped where ``slicer-core`` is not installed.
+"""Shared fixtures: the Slicer-side tests' (which run on the ``slicer-core`` package and are
+skipped where it is not installed), and one trained tiny model that several tests share.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# OpenMP threads that spin while their partner waits for a core collapse on a busy CPU (a
+# ranking of four tiny scans took 82 s beside another 2-thread job on 2 cores, 1.2 s passive):
+# the suite waits passively, as the product's child processes do (dkuxnet.jobs). Read once,
+# when torch loads, which is after this file.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Slicer puts each scripted-module folder on sys.path; do the same so that
 # `import DKUXNetSegmentLib` works here as it does inside Slicer.
 MODULE_DIR = Path(__file__).resolve().parent.parent / "DKUXNetSegment"
 if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))
+
+
+@pytest.fixture(scope="session")
+def phantom_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run folder of the tiny dual model trained for 40 iterations on clean phantoms
+    (``tiny.train_phantom_run``), trained once per session. Tests only read it."""
+    from tiny import train_phantom_run
+
+    return train_phantom_run(tmp_path_factory.mktemp("phantom"))
 
 
 @pytest.fixture(scope="session")

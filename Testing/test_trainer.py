@@ -119,10 +119,10 @@ def test_each_mode_runs_and_checkpoints(dataset: Path, tmp_path: Path, training:
     assert TrainConfig.load(tmp_path / "run" / "config.json") == cfg
 
 
-def test_losses_decrease_on_learnable_case(dataset: Path, tmp_path: Path) -> None:
-    cfg = tiny_config(iterations=30, lr=3e-3, schedule="constant")
-    Trainer(cfg, load_dataset(dataset), tmp_path / "run", device="cpu").run()
-    iters = [e for e in read_events(tmp_path / "run" / "events.jsonl") if e["event"] == "iteration"]
+def test_losses_decrease_on_learnable_case(phantom_run: Path) -> None:
+    """The supervised losses of the shared phantom run (40 dual iterations, lr 3e-3)."""
+    iters = [e for e in read_events(phantom_run / "events.jsonl") if e["event"] == "iteration"]
+    assert len(iters) == 40
     sup = [(e["losses"]["sup_a"] + e["losses"]["sup_b"]) / 2 for e in iters]
     first, last = sum(sup[:5]) / 5, sum(sup[-5:]) / 5
     assert last < 0.8 * first, (first, last)
@@ -305,7 +305,10 @@ def test_prefetching_does_not_change_the_run(dataset: Path, tmp_path: Path) -> N
 
 
 def test_bf16_training_keeps_losses_finite(dataset: Path, tmp_path: Path) -> None:
-    cfg = tiny_config(iterations=4, amp="bf16")
+    """Two steps (the second after an update) of the smallest batch: bf16 forced on a CPU
+    without it is emulated, ~9 s per step of the usual 2 + 2 patches on a 2-core AVX2 EPYC."""
+    cfg = tiny_config(iterations=2, amp="bf16")
+    cfg = cfg.replace(data=cfg.data.replace(labeled_batch=1, unlabeled_batch=1))
     Trainer(cfg, load_dataset(dataset), tmp_path / "run", device="cpu").run()
     events = read_events(tmp_path / "run" / "events.jsonl")
     assert next(e for e in events if e["event"] == "started")["precision"] == "bfloat16"

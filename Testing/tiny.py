@@ -35,3 +35,43 @@ def save_random_checkpoint(
         "iteration": 0,
     }
     return save_checkpoint(payload, path)
+
+
+#: The phantom run: the tiny dual model trained on clean synthetic phantoms (see phantom_run)
+PHANTOM_SHAPE = (24, 40, 40)
+PHANTOM_ITERATIONS = 40
+
+
+def phantom_config(iterations: int = PHANTOM_ITERATIONS) -> TrainConfig:
+    """The tiny network, fp32 everywhere (the same model on every CPU), dual training at a
+    constant learning rate, no validation or checkpoint until the end."""
+    base = TrainConfig.preset("lite")
+    return TrainConfig(
+        model=ModelConfig.preset("lite", **TINY_MODEL),
+        data=base.data.replace(patch_size=(16, 32, 32), labeled_batch=2, unlabeled_batch=2),
+        training=base.training.replace(
+            mode="dual",
+            iterations=iterations,
+            val_every=10_000,
+            checkpoint_every=10_000,
+            lr=3e-3,
+            schedule="constant",
+            amp="off",
+        ),
+        inference=base.inference.replace(overlap=0.25, amp="off"),
+    )
+
+
+def train_phantom_run(root: Path) -> Path:
+    """Train the phantom run into ``root / "run"`` (about 40 s on a 2-core CPU) and return it.
+
+    Shared by the tests that need a model that has learnt something (the conftest fixture
+    ``phantom_run`` trains it once per session): 3 labeled + 2 unlabeled phantoms of seed 3.
+    """
+    from dkuxnet.data import load_dataset
+    from dkuxnet.synthetic import write_synthetic_dataset
+    from dkuxnet.training import Trainer
+
+    write_synthetic_dataset(root / "data", 3, 2, 0, shape=PHANTOM_SHAPE, seed=3)
+    Trainer(phantom_config(), load_dataset(root / "data"), root / "run", "cpu").run()
+    return root / "run"
