@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from dkuxnet.jobs import CHILD_OPENMP_WAIT
+
 # OpenMP threads that spin while their partner waits for a core collapse on a busy CPU (a
-# ranking of four tiny scans took 82 s beside another 2-thread job on 2 cores, 1.2 s passive):
-# the suite waits passively, as the product's child processes do (dkuxnet.jobs). Read once,
-# when torch loads, which is after this file.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# ranking of four tiny scans took 82 s beside another 2-thread job on 2 cores, 1.2 s with
+# passive threads): the suite waits as the product's child processes do (dkuxnet.jobs). Read
+# once, when torch loads, which is after this file.
+if not any(key in os.environ for key in CHILD_OPENMP_WAIT):
+    os.environ.update(CHILD_OPENMP_WAIT)
 
 # Slicer puts each scripted-module folder on sys.path; do the same so that
 # `import DKUXNetSegmentLib` works here as it does inside Slicer.

@@ -77,12 +77,18 @@ def test_command_and_environment() -> None:
     assert env["PYTHONUNBUFFERED"] == "1" and env["X_TEST"] == "1"
 
 
-def test_children_wait_passively_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_children_spin_briefly_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    assert child_environment()["OMP_WAIT_POLICY"] == "PASSIVE"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a user's own setting wins
-    assert child_environment()["OMP_WAIT_POLICY"] == "ACTIVE"
-    assert child_environment({"OMP_WAIT_POLICY": "PASSIVE"})["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    env = child_environment()
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["GOMP_SPINCOUNT"] == "1000"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a user's own setting wins, alone
+    env = child_environment()
+    assert env["OMP_WAIT_POLICY"] == "ACTIVE" and "GOMP_SPINCOUNT" not in env
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "300000")
+    env = child_environment()
+    assert env["GOMP_SPINCOUNT"] == "300000" and "OMP_WAIT_POLICY" not in env
 
 
 def test_events_are_polled_incrementally_and_job_completes(tmp_path: Path) -> None:

@@ -101,8 +101,10 @@ def clear_stale_stop_request(stop_file: Path, token: str | None = None) -> bool:
     return True
 
 
-#: OpenMP's wait policy (read once, when torch's OpenMP runtime loads): see child_environment
-OMP_WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
+#: How the OpenMP threads of a child wait (read once, when torch's OpenMP runtime loads; see
+#: child_environment): GNU libgomp (Linux) spins 1000 rounds, then sleeps (its default is
+#: 300000; measured here, 1000 keeps the idle speed); other runtimes wait passively
+CHILD_OPENMP_WAIT = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "1000"}
 
 
 def dkuxnet_command(args: Sequence[str], python_executable: str | None = None) -> list[str]:
@@ -122,14 +124,17 @@ def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     Slicer puts scripted-module folders on ``sys.path`` at run time, not in ``PYTHONPATH``, so a
     child ``PythonSlicer`` would not find the package without the first entry added here.
 
-    OpenMP threads wait passively (``OMP_WAIT_POLICY=PASSIVE``, unless the environment sets
-    it): a child shares the CPU with Slicer and often with another child (Segment while a
-    Fine-tune runs), and threads that spin while their partner waits for a core collapse. A
-    whole LA scan's ``predict`` beside a running fine-tune on 2 cores took 17-23 s with
-    spinning threads and 2.4-2.5 s passive; alone, 1.7 s and 1.9-2.0 s (docs/speed.md).
+    OpenMP threads spin only briefly before they sleep (:data:`CHILD_OPENMP_WAIT`, unless the
+    environment sets a wait policy or spin count of its own). A child shares the CPU with
+    Slicer and often with another child (Segment while a Fine-tune runs), and threads that
+    spin while their partner waits for a core collapse. Measured on 2 cores (docs/speed.md), a
+    whole LA scan's ``predict`` beside a running fine-tune: 17-23 s with the default spinning,
+    2.6-2.8 s with these settings; alone 1.7 s and 1.8 s; a fine-tune step alone 2.25-2.30 s
+    and 2.13 s.
     """
     env = dict(os.environ)
-    env.setdefault(OMP_WAIT_POLICY_ENV, "PASSIVE")
+    if not any(key in env for key in CHILD_OPENMP_WAIT):
+        env.update(CHILD_OPENMP_WAIT)
     paths = [str(package_root())]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
