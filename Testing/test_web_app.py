@@ -5,6 +5,9 @@ Needs the [web] packages (skips without them); the browser itself is in test_web
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import numpy as np
 import pytest
 
@@ -42,6 +45,39 @@ def test_the_page_starts_with_the_sessions_state(app) -> None:
     assert state.model_text.startswith(("bundled model", "no model"))
     assert "no data yet" in state.loss_chart
     assert app.ui is not None
+
+
+#: Each button of the page with a ``disabled`` binding, and the state value it is disabled by:
+#: a start button by the controller view's ``can_*`` (as the Slicer panel enables it), a Cancel
+#: while its job does not run.
+DISABLED_BY = {
+    "place-box": "!can_place_box",
+    "segment-button": "!can_segment",
+    "segment-cancel": "!segment_running",
+    "save-segmentation": "!can_save",
+    "suggest-next": "!can_rank",
+    "suggest-next-cancel": "!rank_running",
+    "fine-tune-start": "!can_fine_tune",
+    "fine-tune-cancel": "!fine_tune_running",
+    "fine-tune-resume": "!can_resume",
+    "estimate-time": "!can_estimate",
+}
+
+
+def test_buttons_are_enabled_by_the_controllers_view(app) -> None:
+    """No button re-derives what may start: e.g. Start stays disabled with no labeled pair."""
+    bindings = {}
+    for tag in re.findall(r"<VBtn\b[^>]*>", app.ui.html):
+        if disabled := re.search(r':disabled="([^"]*)"', tag):
+            element_id = re.search(r'\bid="([^"]+)"', tag)
+            bindings[element_id[1] if element_id else tag] = disabled[1]
+    assert bindings == DISABLED_BY
+    app._refresh()
+    view = app.session.controller.view()
+    for field in dataclasses.fields(view):
+        if field.name.startswith("can_"):
+            assert app.state[field.name] == getattr(view, field.name), field.name
+    assert app.session.parameters.labeled_pairs == [] and app.state.can_fine_tune is False
 
 
 def test_buttons_reach_the_session_and_errors_become_the_message(app) -> None:

@@ -8,6 +8,7 @@ with ``--roi`` and the model's recorded label volumes, with the core's own funct
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import sys
 import time
@@ -24,6 +25,7 @@ from dkuxnet.jobs import JobState
 pytest.importorskip("slicer", reason="slicer-core is not installed")
 logic_module = pytest.importorskip("DKUXNetSegmentLib.logic")
 session_module = pytest.importorskip("DKUXNetSegmentWeb.session")
+from DKUXNetSegmentLib.controller import View  # noqa: E402
 from DKUXNetSegmentWeb.data_folder import RUNS, DataFolder  # noqa: E402
 
 FAKE = Path(__file__).resolve().parent / "fake_dkuxnet.py"
@@ -401,6 +403,39 @@ def test_fine_tune_progress_curves_adopt_then_cancel_and_resume(session, monkeyp
     assert resumed.iteration == 30
     with pytest.raises(InputError, match="no stopped fine-tuning run"):
         session.resume_fine_tune()
+
+
+def test_the_page_may_start_what_the_controller_allows(session, monkeypatch) -> None:
+    """The page's buttons are enabled by the controller view's ``can_*`` values, as the Slicer
+    panel's are: no Fine-tune without a labeled pair, no second estimate while one runs."""
+    names = [f.name for f in dataclasses.fields(View) if f.name.startswith("can_")]
+
+    def may() -> dict[str, bool]:
+        state, view = session.view_state(), session.controller.view()
+        assert {name: state[name] for name in names} == {n: getattr(view, n) for n in names}
+        return {name: state[name] for name in names}
+
+    assert may() == {
+        "can_segment": False,  # no volume
+        "can_place_box": False,
+        "can_rank": True,  # starting says what to do
+        "can_fine_tune": False,  # no labeled pair
+        "can_resume": False,
+        "can_estimate": True,
+    }
+    session.load_volume("case0.nrrd")
+    session.add_labeled("case0.nrrd", "labels/case0_label.nrrd")
+    assert may()["can_segment"] and may()["can_place_box"] and may()["can_fine_tune"]
+
+    monkeypatch.setenv("FAKE_DKUXNET_SLEEP", "0.3")
+    task = session.estimate_time()
+    assert may()["can_estimate"] is False and may()["can_fine_tune"]
+    assert wait(session, task) is JobState.COMPLETED, task.error
+    assert may()["can_estimate"] is True
+    task = session.segment()
+    assert not may()["can_segment"] and not may()["can_place_box"]
+    assert wait(session, task) is JobState.COMPLETED, task.error
+    assert may()["can_segment"]
 
 
 def test_a_volume_removed_while_segmenting_is_a_message(session, monkeypatch) -> None:

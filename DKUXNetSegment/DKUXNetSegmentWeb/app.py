@@ -2,9 +2,11 @@
 
 The page is a thin shell over :class:`~DKUXNetSegmentWeb.session.WebSession`: each button calls
 one session method, and a timer (every :data:`POLL_INTERVAL_S`) polls the running jobs and
-copies :meth:`~DKUXNetSegmentWeb.session.WebSession.view_state` into the page's state. Errors
-the user can fix (:class:`~dkuxnet.errors.InputError`) become the message at the top of the
-panel; anything else is logged with its traceback and named there too.
+copies :meth:`~DKUXNetSegmentWeb.session.WebSession.view_state` into the page's state. A button
+is enabled by that state as given: a start button by the controller's ``can_*`` value (the one
+the Slicer panel enables its button by), a Cancel while its job runs. Errors the user can fix
+(:class:`~dkuxnet.errors.InputError`) become the message at the top of the panel; anything
+else is logged with its traceback and named there too.
 
 The slice and 3D views are trame-slicer's remote-controlled views: VTK renders them on the
 server (off screen: Mesa's software OpenGL where there is no GPU) and streams the images.
@@ -341,7 +343,7 @@ class DKUXNetWebApp(TrameApp):
                 v3.VBtn(
                     "Place box",
                     id="place-box",
-                    disabled=("segment_running",),
+                    disabled=("!can_place_box",),
                     click=self.place_box,
                     size="small",
                 )
@@ -350,7 +352,7 @@ class DKUXNetWebApp(TrameApp):
                     "Segment",
                     id="segment-button",
                     color="primary",
-                    disabled=("!volume_name || segment_running",),
+                    disabled=("!can_segment",),
                     click=self.segment,
                     classes="mr-2",
                 )
@@ -408,7 +410,7 @@ class DKUXNetWebApp(TrameApp):
                 v3.VBtn(
                     "Suggest next to label",
                     id="suggest-next",
-                    disabled=("rank_running",),
+                    disabled=("!can_rank",),
                     click=self.suggest_next,
                     classes="mr-2",
                     size="small",
@@ -443,10 +445,10 @@ class DKUXNetWebApp(TrameApp):
             )
             with html.Div(classes="d-flex flex-wrap mt-2"):
                 for label, element_id, action, disabled in (
-                    ("Start", "fine-tune-start", self.start_fine_tune, "fine_tune_running"),
+                    ("Start", "fine-tune-start", self.start_fine_tune, "!can_fine_tune"),
                     ("Cancel", "fine-tune-cancel", self.cancel_fine_tune, "!fine_tune_running"),
                     ("Resume", "fine-tune-resume", self.resume_fine_tune, "!can_resume"),
-                    ("Estimate time", "estimate-time", self.estimate_time, "fine_tune_running"),
+                    ("Estimate time", "estimate-time", self.estimate_time, "!can_estimate"),
                 ):
                     v3.VBtn(
                         label,

@@ -18,6 +18,7 @@ No trame here: the session runs on ``slicer-core`` alone, which is how the tests
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -429,7 +430,12 @@ class WebSession:
                 self.message = str(exc)
 
     def view_state(self) -> dict[str, Any]:
-        """Everything the page shows, as plain values (names are the page's state names)."""
+        """Everything the page shows, as plain values (names are the page's state names).
+
+        What may start is the controller view's ``can_*`` fields under their own names
+        (``can_segment``, ``can_fine_tune``, ``can_estimate``, ...), the values the Slicer
+        panel enables its buttons by; the page enables its buttons by them and derives none.
+        """
         params = self.parameters
         volume = params.input_volume
         view: View = self.controller.view()
@@ -453,8 +459,12 @@ class WebSession:
             "fine_tune_running": view.fine_tune.running,
             "fine_tune_progress": view.fine_tune.progress,
             "fine_tune_status": view.fine_tune.status,
-            "can_resume": view.can_resume,
             "estimate_text": view.estimate_text,
+            **{
+                field.name: getattr(view, field.name)
+                for field in dataclasses.fields(view)
+                if field.name.startswith("can_")
+            },
         }
         plots = fine_tune.plots if fine_tune is not None else None
         state["loss_chart"] = charts.line_chart(
