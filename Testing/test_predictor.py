@@ -18,13 +18,13 @@ import torch
 from tiny import save_random_checkpoint, tiny_model_config
 from torch import nn
 
+from dkuxnet.checkpoint import FORMAT_VERSION
 from dkuxnet.config import DataConfig, InferenceConfig, TrainConfig
 from dkuxnet.errors import CheckpointError, ConfigError, InputError
 from dkuxnet.inference import Predictor, count_windows, keep_largest_component
 from dkuxnet.io import Volume, read_volume, write_volume
 from dkuxnet.model import build_model
 from dkuxnet.preprocessing import resample_onto, resample_to_spacing
-from dkuxnet.training.checkpoint import FORMAT_VERSION
 
 PATCH = (16, 16, 32)  # the tiny real model needs one side >= 2 x its stride
 

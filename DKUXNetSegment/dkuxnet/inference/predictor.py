@@ -311,8 +311,8 @@ class Predictor:
             CheckpointError: missing, foreign, newer or damaged checkpoint, or weights that do
                 not fit the model its config describes.
         """
+        from dkuxnet.checkpoint import load_checkpoint
         from dkuxnet.model import build_model
-        from dkuxnet.training.checkpoint import load_checkpoint
 
         record = load_checkpoint(path)
         config: TrainConfig = record["train_config"]
