@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dkuxnet.checkpoint import load_checkpoint
 from dkuxnet.resources import MODELS_DIR, default_model_path
-from dkuxnet.training.checkpoint import load_checkpoint
 
 MODEL = default_model_path()
 pytestmark = pytest.mark.skipif(MODEL is None, reason="no bundled model in this checkout")

@@ -15,11 +15,11 @@ import torch
 from test_selection import _same, _scripted, _validations
 from tiny import TINY_MODEL
 
+from dkuxnet.checkpoint import load_checkpoint
 from dkuxnet.config import ModelConfig, TrainConfig
 from dkuxnet.data import load_dataset
 from dkuxnet.synthetic import write_synthetic_dataset
 from dkuxnet.training import Trainer
-from dkuxnet.training.checkpoint import load_checkpoint
 
 Weights = list[dict[str, torch.Tensor]]  # what _scripted keeps of each validation
 

@@ -348,9 +348,9 @@ def test_stop_file_alone_cancels_a_real_training_run(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     from tiny import TINY_MODEL
 
+    from dkuxnet.checkpoint import load_checkpoint
     from dkuxnet.config import ModelConfig, TrainConfig
     from dkuxnet.synthetic import write_synthetic_dataset
-    from dkuxnet.training.checkpoint import load_checkpoint
 
     data = tmp_path / "data"
     write_synthetic_dataset(data, n_labeled=2, n_unlabeled=1, n_test=0, shape=(24, 40, 40), seed=3)

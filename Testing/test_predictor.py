@@ -18,13 +18,14 @@ import torch
 from tiny import save_random_checkpoint, tiny_model_config
 from torch import nn
 
-from dkuxnet.config import DataConfig, InferenceConfig, TrainConfig
+from dkuxnet.checkpoint import FORMAT_VERSION
+from dkuxnet.config import NETWORK_CHOICES, DataConfig, InferenceConfig, TrainConfig
 from dkuxnet.errors import CheckpointError, ConfigError, InputError
 from dkuxnet.inference import Predictor, count_windows, keep_largest_component
+from dkuxnet.inference.predictor import NETWORK_SELECTORS
 from dkuxnet.io import Volume, read_volume, write_volume
 from dkuxnet.model import build_model
 from dkuxnet.preprocessing import resample_onto, resample_to_spacing
-from dkuxnet.training.checkpoint import FORMAT_VERSION
 
 PATCH = (16, 16, 32)  # the tiny real model needs one side >= 2 x its stride
 
@@ -234,13 +235,28 @@ def test_tta_makes_prediction_flip_equivariant() -> None:
     assert len(tta._flips) == 8
 
 
-@pytest.mark.parametrize("choice, expected", [("both", 0.4), ("a", 0.2), ("b", 0.6)])
-def test_network_choice(choice: str, expected: float) -> None:
+#: Foreground probability of networks A (0.2) and B (0.6) under each choice; one entry per
+#: NETWORK_CHOICES entry (test_every_network_choice_is_handled fails when one is missing).
+CHOICE_EXPECTED = {"both": 0.4, "a": 0.2, "b": 0.6}
+
+
+@pytest.mark.parametrize("choice", NETWORK_CHOICES)
+def test_network_choice(choice: str) -> None:
     predictor = Predictor(
         [Constant(0.2), Constant(0.6)], tiny_config(), "cpu", networks_choice=choice
     )
     probs = predictor.predict_probabilities(np.zeros((10, 20, 12), np.float32))
-    np.testing.assert_allclose(probs[1], expected, atol=1e-5)
+    np.testing.assert_allclose(probs[1], CHOICE_EXPECTED[choice], atol=1e-5)
+
+
+def test_every_network_choice_is_handled() -> None:
+    """The predictor selects networks for exactly the choices the config and CLI accept."""
+    assert set(NETWORK_SELECTORS) == set(NETWORK_CHOICES)
+    assert set(CHOICE_EXPECTED) == set(NETWORK_CHOICES)
+    dual = [Constant(0.2), Constant(0.6)]
+    for choice in NETWORK_CHOICES:
+        chosen = Predictor(dual, tiny_config(), "cpu", networks_choice=choice).networks
+        assert chosen and all(any(net is d for d in dual) for net in chosen), choice
 
 
 def test_network_choice_errors() -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from test_trainer import STRONG, _assert_same_weights, record_recipe, tiny_config
 
+from dkuxnet.checkpoint import export_model, load_checkpoint
 from dkuxnet.data import Case, load_dataset
 from dkuxnet.errors import ConfigError
 from dkuxnet.events import read_events
@@ -16,7 +17,6 @@ from dkuxnet.inference import Predictor
 from dkuxnet.io import read_volume
 from dkuxnet.synthetic import write_synthetic_dataset
 from dkuxnet.training import Trainer
-from dkuxnet.training.checkpoint import export_model, load_checkpoint
 from dkuxnet.training.trainer import PSEUDO_DIR, pseudo_label_cases
 
 

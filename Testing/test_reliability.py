@@ -27,17 +27,17 @@ import SimpleITK as sitk
 import torch
 from tiny import TINY_MODEL, save_random_checkpoint
 
+from dkuxnet.checkpoint import (
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from dkuxnet.cli import main
 from dkuxnet.config import DataConfig, ModelConfig, TrainConfig
 from dkuxnet.errors import CheckpointError
 from dkuxnet.events import read_events
 from dkuxnet.io import Volume, read_volume, write_volume
 from dkuxnet.model import build_model
-from dkuxnet.training.checkpoint import (
-    load_checkpoint,
-    remove_stale_temporaries,
-    save_checkpoint,
-)
 
 REPO = Path(__file__).resolve().parent.parent
 PATCH = (16, 32, 32)
@@ -412,7 +412,7 @@ def test_python_m_dkuxnet_bad_image_and_bad_config(tmp_path: Path, checkpoint: P
 _SAVE_LOOP = textwrap.dedent(
     """
     import sys, torch
-    from dkuxnet.training.checkpoint import save_checkpoint
+    from dkuxnet.checkpoint import save_checkpoint
     path = sys.argv[1]
     big = torch.arange(6_000_000, dtype=torch.float32)  # 24 MB: each save takes a while
     i = 0
@@ -657,8 +657,8 @@ def test_sigkill_during_prediction_leaves_no_output(tmp_path: Path, checkpoint: 
 
 
 def test_random_bytes_are_called_corrupt_not_code(tmp_path: Path) -> None:
+    from dkuxnet.checkpoint import load_checkpoint
     from dkuxnet.errors import CheckpointError
-    from dkuxnet.training.checkpoint import load_checkpoint
 
     bad = tmp_path / "noise.pt"
     bad.write_bytes(bytes(range(256)) * 4)

@@ -12,6 +12,7 @@ from test_predictor import Constant, Pointwise, oblique_volume
 from test_predictor import tiny_config as oracle_config
 from tiny import save_random_checkpoint
 
+from dkuxnet.checkpoint import export_model, load_checkpoint
 from dkuxnet.cli import main
 from dkuxnet.errors import InputError
 from dkuxnet.events import read_events
@@ -26,7 +27,6 @@ from dkuxnet.inference.roi import (
     volume_warning,
 )
 from dkuxnet.io import Volume, read_volume, write_volume
-from dkuxnet.training.checkpoint import export_model, load_checkpoint
 
 
 def _lps_to_ras(point: np.ndarray) -> np.ndarray:

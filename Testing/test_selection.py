@@ -16,12 +16,12 @@ import pytest
 import torch
 from tiny import TINY_MODEL
 
+from dkuxnet.checkpoint import load_checkpoint
 from dkuxnet.config import ModelConfig, TrainConfig
 from dkuxnet.data import load_dataset
 from dkuxnet.events import read_events
 from dkuxnet.synthetic import write_synthetic_dataset
 from dkuxnet.training import Trainer
-from dkuxnet.training.checkpoint import load_checkpoint
 from dkuxnet.training.trainer import TrainingState
 
 

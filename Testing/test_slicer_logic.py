@@ -542,9 +542,9 @@ def test_segment_end_to_end_with_real_predict(scene, tmp_path) -> None:
     torch = pytest.importorskip("torch")
     from tiny import tiny_model_config
 
+    from dkuxnet.checkpoint import save_checkpoint
     from dkuxnet.config import DataConfig, TrainConfig
     from dkuxnet.model import build_model
-    from dkuxnet.training.checkpoint import save_checkpoint
 
     model_config = tiny_model_config()
     config = TrainConfig(model=model_config, data=DataConfig(patch_size=(16, 16, 32)))

@@ -390,9 +390,9 @@ def tiny_checkpoint(path: Path) -> Path:
     torch = pytest.importorskip("torch")
     from tiny import tiny_model_config
 
+    from dkuxnet.checkpoint import save_checkpoint
     from dkuxnet.config import DataConfig, TrainConfig
     from dkuxnet.model import build_model
-    from dkuxnet.training.checkpoint import save_checkpoint
 
     config = TrainConfig(model=tiny_model_config(), data=DataConfig(patch_size=(16, 16, 32)))
     torch.manual_seed(0)

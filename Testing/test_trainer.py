@@ -16,6 +16,7 @@ import pytest
 import torch
 from tiny import TINY_MODEL
 
+from dkuxnet.checkpoint import export_model, load_checkpoint
 from dkuxnet.cli import main as cli_main
 from dkuxnet.config import ModelConfig, TrainConfig
 from dkuxnet.data import load_dataset
@@ -25,7 +26,6 @@ from dkuxnet.io import read_volume
 from dkuxnet.run_config import FINE_TUNE_MODE
 from dkuxnet.synthetic import write_synthetic_dataset
 from dkuxnet.training import Trainer
-from dkuxnet.training.checkpoint import export_model, load_checkpoint
 from dkuxnet.training.runlock import RunLock
 
 

@@ -19,6 +19,7 @@ from test_predictor import Constant, _Output, tiny_config
 from tiny import PHANTOM_SHAPE, save_random_checkpoint
 from torch import nn
 
+from dkuxnet.checkpoint import save_checkpoint
 from dkuxnet.cli import main
 from dkuxnet.data import Case
 from dkuxnet.errors import ConfigError, InputError
@@ -28,7 +29,6 @@ from dkuxnet.inference.ranking import format_ranking
 from dkuxnet.io import Volume, read_volume, write_volume
 from dkuxnet.model import build_model
 from dkuxnet.synthetic import SETTINGS, make_phantom, write_synthetic_dataset
-from dkuxnet.training.checkpoint import save_checkpoint
 
 
 def _rotation(about_z: float, about_x: float) -> np.ndarray:

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
+from dkuxnet.checkpoint import save_checkpoint
 from dkuxnet.config import ModelConfig, TrainConfig
 from dkuxnet.model import build_model
-from dkuxnet.training.checkpoint import save_checkpoint
 
 # The lite design with every width shrunk; one input side must be >= 32 (2 x total stride).
 TINY_MODEL: dict[str, Any] = dict(

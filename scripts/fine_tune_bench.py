@@ -66,6 +66,7 @@ sys.path.insert(0, str(ROOT / "DKUXNetSegment"))  # the module folder, as Slicer
 
 from fine_tune_start import SHIFT, bias_field, unit_range  # noqa: E402
 
+from dkuxnet.checkpoint import load_checkpoint  # noqa: E402
 from dkuxnet.data import Case, load_dataset  # noqa: E402
 from dkuxnet.events import read_events  # noqa: E402
 from dkuxnet.inference import Predictor  # noqa: E402
@@ -73,7 +74,6 @@ from dkuxnet.io import Volume, read_volume, write_volume  # noqa: E402
 from dkuxnet.preprocessing import resample_to_spacing  # noqa: E402
 from dkuxnet.resources import default_model_path  # noqa: E402
 from dkuxnet.runs import BEST_CHECKPOINT, EVENTS_FILE, LAST_CHECKPOINT, can_resume  # noqa: E402
-from dkuxnet.training.checkpoint import load_checkpoint  # noqa: E402
 
 log = logging.getLogger("fine_tune_bench")
 

@@ -29,12 +29,12 @@ import logging
 import shutil
 from pathlib import Path
 
+from dkuxnet.checkpoint import export_model, load_checkpoint
 from dkuxnet.config import ModelConfig, TrainConfig
 from dkuxnet.data import import_la, load_dataset
 from dkuxnet.events import read_events
 from dkuxnet.runs import BEST_CHECKPOINT, CONFIG_FILE, EVENTS_FILE, can_resume
 from dkuxnet.training import Trainer
-from dkuxnet.training.checkpoint import export_model, load_checkpoint
 
 log = logging.getLogger("train_default_model")
 

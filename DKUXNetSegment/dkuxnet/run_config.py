@@ -85,7 +85,7 @@ def build_config(request: RunRequest) -> TrainConfig:
     """Preset (or, fine-tuning with ``init``, the init model's own settings), then the config
     file, then the overrides."""
     if request.init and request.preset is None:
-        from dkuxnet.training.checkpoint import load_checkpoint
+        from dkuxnet.checkpoint import load_checkpoint
 
         init_cfg: TrainConfig = load_checkpoint(request.init)["train_config"]
         # Keep what defines the model and its input (network, patch, spacing, inference);

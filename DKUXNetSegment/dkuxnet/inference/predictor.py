@@ -62,7 +62,7 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from dkuxnet.config import UNCERTAINTY_CHOICES, TrainConfig
+from dkuxnet.config import NETWORK_CHOICES, UNCERTAINTY_CHOICES, TrainConfig
 from dkuxnet.device import autocast_dtype, resolve_device
 from dkuxnet.errors import CheckpointError, ConfigError, InputError
 from dkuxnet.grid import count_windows
@@ -92,6 +92,19 @@ UNCERTAINTY_DESCRIPTIONS: dict[str, str] = {
 GAUSSIAN_SIGMA_SCALE = 0.125
 #: Spatial tensor dims of ``(B, K, D, H, W)`` that test-time augmentation flips.
 _SPATIAL_DIMS = (2, 3, 4)
+#: Which of a model's networks (one, or two of a dual model) each of
+#: :data:`~dkuxnet.config.NETWORK_CHOICES` predicts with. That list is the one the config and the
+#: CLI accept; a choice added there and not here stops this module at import.
+NETWORK_SELECTORS: dict[str, Callable[[Sequence[torch.nn.Module]], list[torch.nn.Module]]] = {
+    "both": lambda networks: list(networks),
+    "a": lambda networks: [networks[0]],
+    "b": lambda networks: [networks[-1]],
+}
+if set(NETWORK_SELECTORS) != set(NETWORK_CHOICES):
+    raise RuntimeError(
+        f"NETWORK_SELECTORS {sorted(NETWORK_SELECTORS)} do not match "
+        f"dkuxnet.config.NETWORK_CHOICES {sorted(NETWORK_CHOICES)}"
+    )
 
 
 @dataclass(frozen=True)
@@ -277,7 +290,7 @@ class Predictor:
         #: checkpoint records them (:func:`dkuxnet.inference.roi.volume_warning`)
         self.label_volume_ml: tuple[float, float] | None = None
         self.patch_size = tuple(config.data.patch_size)
-        selected = {"both": list(networks), "a": [networks[0]], "b": [networks[-1]]}[choice]
+        selected = NETWORK_SELECTORS[choice](networks)
         self.networks: list[torch.nn.Module] = [net.to(self.device) for net in selected]
         for net in self.networks:
             net.eval()
@@ -311,8 +324,8 @@ class Predictor:
             CheckpointError: missing, foreign, newer or damaged checkpoint, or weights that do
                 not fit the model its config describes.
         """
+        from dkuxnet.checkpoint import load_checkpoint
         from dkuxnet.model import build_model
-        from dkuxnet.training.checkpoint import load_checkpoint
 
         record = load_checkpoint(path)
         config: TrainConfig = record["train_config"]

@@ -9,7 +9,7 @@ trains one network on labeled patches and on patches of the unlabeled scans labe
 whole, by the start model before the first iteration (:func:`pseudo_label_cases`).
 
 The trainer reports through :mod:`dkuxnet.events`, checkpoints atomically (see
-:mod:`dkuxnet.training.checkpoint`) and resumes exactly: batches and augmentations are pure
+:mod:`dkuxnet.checkpoint`) and resumes exactly: batches and augmentations are pure
 functions of ``(seed, iteration, rank)`` and every generator state is saved, so ``k`` iterations,
 a kill and ``k`` more give the same weights as ``2k`` straight.
 """
@@ -31,6 +31,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from dkuxnet.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    remove_stale_temporaries,
+    restore_rng_state,
+    save_checkpoint,
+)
 from dkuxnet.config import TrainConfig
 from dkuxnet.data import Case, DatasetSplit, TwoStreamSampler
 from dkuxnet.device import autocast_dtype, resolve_device
@@ -56,13 +63,6 @@ from dkuxnet.runs import (
     holds_a_run,
 )
 from dkuxnet.training.augment import strong_view
-from dkuxnet.training.checkpoint import (
-    capture_rng_state,
-    load_checkpoint,
-    remove_stale_temporaries,
-    restore_rng_state,
-    save_checkpoint,
-)
 from dkuxnet.training.distributed import (
     DistInfo,
     barrier,
