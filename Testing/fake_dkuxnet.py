@@ -35,9 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dkuxnet.events import EventWriter
+from dkuxnet.events import EVENTS_FILE, EventWriter
 from dkuxnet.io import read_volume, write_volume
 from dkuxnet.jobs import clear_stale_stop_request
+from dkuxnet.runs import BEST_CHECKPOINT, LAST_CHECKPOINT, STOP_REQUEST_FILE
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -72,13 +73,13 @@ def predict(args: argparse.Namespace) -> int:
 def train(args: argparse.Namespace) -> int:
     run = Path(args.out)
     run.mkdir(parents=True, exist_ok=True)
-    events = EventWriter(run / "events.jsonl")
+    events = EventWriter(run / EVENTS_FILE)
     datalist = json.loads(Path(args.data).read_text())
     for item in datalist["training"]:  # the paths resolve relative to the datalist
         read_volume(Path(args.data).parent / item["image"])
         read_volume(Path(args.data).parent / item["label"])
     stop: list[int] = []
-    stop_file = run / "stop.request"
+    stop_file = run / STOP_REQUEST_FILE
     clear_stale_stop_request(stop_file)  # as the real trainer: a Cancel for this run stays
     if os.environ.get("FAKE_DKUXNET_IGNORE_SIGTERM"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -87,7 +88,7 @@ def train(args: argparse.Namespace) -> int:
     start = 0
     best: float | None = None
     if args.resume:
-        last = json.loads((run / "last.pt").read_text())
+        last = json.loads((run / LAST_CHECKPOINT).read_text())
         start, best = last["iteration"], last.get("best_metric")
     scripted = [float(v) for v in os.environ.get("FAKE_DKUXNET_DICE", "").split(",") if v]
     events.emit("started", job="train", total=args.iterations, device="cpu", resumed_from=start)
@@ -98,8 +99,8 @@ def train(args: argparse.Namespace) -> int:
     if start_dice and args.init and not args.resume:  # the real trainer validates --init first
         best = float(start_dice)
         events.emit("validation", iteration=0, dice={"case0": best}, mean_dice=best, best=True)
-        (run / "best.pt").write_text(json.dumps({"iteration": 0, "best_metric": best}))
-        events.emit("checkpoint", iteration=0, path=str(run / "best.pt"), kind="best")
+        (run / BEST_CHECKPOINT).write_text(json.dumps({"iteration": 0, "best_metric": best}))
+        events.emit("checkpoint", iteration=0, path=str(run / BEST_CHECKPOINT), kind="best")
     delay = float(os.environ.get("FAKE_DKUXNET_SLEEP", "0.01"))
     it = start
     for it in range(start + 1, args.iterations + 1):
@@ -122,13 +123,17 @@ def train(args: argparse.Namespace) -> int:
                 "validation", iteration=it, dice={"case0": mean}, mean_dice=mean, best=improved
             )
             if improved:
-                (run / "best.pt").write_text(json.dumps({"iteration": it, "best_metric": best}))
-                events.emit("checkpoint", iteration=it, path=str(run / "best.pt"), kind="best")
+                (run / BEST_CHECKPOINT).write_text(
+                    json.dumps({"iteration": it, "best_metric": best})
+                )
+                events.emit(
+                    "checkpoint", iteration=it, path=str(run / BEST_CHECKPOINT), kind="best"
+                )
         if stop or stop_file.exists():
             stop.append(1)
             break
-    (run / "last.pt").write_text(json.dumps({"iteration": it, "best_metric": best}))
-    events.emit("checkpoint", iteration=it, path=str(run / "last.pt"), kind="last")
+    (run / LAST_CHECKPOINT).write_text(json.dumps({"iteration": it, "best_metric": best}))
+    events.emit("checkpoint", iteration=it, path=str(run / LAST_CHECKPOINT), kind="last")
     events.emit("finished", status="cancelled" if stop else "completed", error=None)
     return 0
 

@@ -33,7 +33,7 @@ from dkuxnet.checkpoint import export_model, load_checkpoint
 from dkuxnet.config import ModelConfig, TrainConfig
 from dkuxnet.data import import_la, load_dataset
 from dkuxnet.events import read_events
-from dkuxnet.runs import BEST_CHECKPOINT, CONFIG_FILE, EVENTS_FILE, can_resume
+from dkuxnet.runs import BEST_CHECKPOINT, CONFIG_FILE, EVENTS_FILE, can_resume, is_completed
 from dkuxnet.training import Trainer
 
 log = logging.getLogger("train_default_model")
@@ -55,11 +55,7 @@ def run_status(run: Path) -> str:
     span = recent[-1]["time"] - recent[0]["time"]
     per_it = span / max(len(recent) - 1, 1)
     left = (last["total"] - last["iteration"]) * per_it
-    done = (
-        finished
-        and finished[-1].get("status") == "completed"
-        and (last["iteration"] == last["total"])
-    )
+    done = is_completed(run)
     lines = [
         f"{run}: iteration {last['iteration']} of {last['total']} "
         f"({100 * last['iteration'] / last['total']:.0f} %), "

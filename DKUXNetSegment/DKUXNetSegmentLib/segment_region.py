@@ -2,8 +2,8 @@
 
 The bundled model learned the left atrium from scans cropped around the heart (model card,
 ``Resources/Models/README.md``); on a scan of the whole chest it can take other tissue for the
-atrium, and a box around the heart brings it back (3.8 % -> 87 % Dice on the full-field test
-scans). The panel therefore offers *Place box* when :func:`segment_region_advice` says so: after
+atrium, and a box around the heart brings most of it back (figures: the model card's
+"Robustness"). The panel therefore offers *Place box* when :func:`segment_region_advice` says so: after
 a segmentation that the volume check found far too large, or before one, when the scan covers
 far more than the training crops. :func:`place_segment_region` puts a markups ROI named
 "Segment region" at the volume's centre, the size of a training crop, with its handles on, for

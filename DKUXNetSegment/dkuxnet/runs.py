@@ -55,11 +55,10 @@ def can_resume(run_dir: Path) -> bool:
 
 
 def is_completed(run_dir: Path) -> bool:
-    """The run's events record that it finished with status ``completed``."""
-    return any(
-        e.get("event") == "finished" and e.get("status") == "completed"
-        for e in read_events(run_dir / EVENTS_FILE)
-    )
+    """The run's last ``finished`` event has status ``completed`` (a completed run resumed for
+    more iterations and cancelled is not completed)."""
+    finished = [e for e in read_events(run_dir / EVENTS_FILE) if e.get("event") == "finished"]
+    return bool(finished) and finished[-1].get("status") == "completed"
 
 
 def holds_a_run(run_dir: Path) -> bool:

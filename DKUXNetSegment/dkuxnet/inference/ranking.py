@@ -41,10 +41,10 @@ DEFAULT_BORDER_VOXELS = 3
 RANKING_COLUMNS: tuple[str, ...] = ("rank", "case", "score", "foreground_voxels", "image")
 
 
-#: The measure ``dkuxnet rank`` uses for a dual model unless told otherwise. On the 20 real LA
-#: test scans (8-labeled dual model) the scan score's Spearman correlation with 1 - Dice was
-#: 0.85 with |pA - pB| against 0.74 with the entropy of the mean, while entropy is the better
-#: voxel map (AUROC 0.95 vs 0.91): maps default to entropy, rankings to disagreement.
+#: The measure ``dkuxnet rank`` uses for a dual model unless told otherwise: on real LA test
+#: scans the disagreement |pA - pB| ranked scans by 1 - Dice better than the entropy of the
+#: mean, while entropy is the better voxel map, so maps default to entropy and rankings to
+#: disagreement (figures: docs/uncertainty.md).
 RANKING_MEASURE_DUAL = "disagreement"
 
 

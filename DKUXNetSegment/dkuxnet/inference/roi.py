@@ -1,9 +1,9 @@
 """Where to look and whether the answer is plausible: a region of interest and a volume check.
 
 The bundled model learned the left atrium from scans cropped around the heart. On a scan that
-shows the whole chest it can mistake other tissue for the atrium (``scripts/
-robustness_check.py``: 3.8 % Dice on the test scans pasted into a synthetic full field of view,
-against 91.3 % on the crops). Two things help a user there:
+shows the whole chest it can mistake other tissue for the atrium (measured by ``scripts/
+robustness_check.py`` on the test scans pasted into a synthetic full field of view: the model
+card's "Robustness", ``Resources/Models/README.md``). Two things help a user there:
 
 * a **region of interest**: a box around the heart in RAS millimetres (what 3D Slicer and
   ITK-SNAP display), either aligned to the RAS axes and given by two opposite corners, or in
