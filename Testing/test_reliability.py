@@ -491,7 +491,9 @@ def train_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_resume_after_sigkill_at_random_moments_is_exact(tmp_path: Path, train_data: Path) -> None:
-    """Kill two runs at random iterations (mid-save too), resume: weights equal a straight run."""
+    """Kill two runs at random iterations (mid-save too), resume: weights equal a straight run,
+    bit for bit, in the precision ``auto`` picks on this machine (bf16 on a CPU with native bf16,
+    else fp32; forced bf16 is test_trainer's test_bf16_training_keeps_losses_finite)."""
     config = tmp_path / "cfg.json"
     total = 6
     tiny_config(iterations=total).save(config)
