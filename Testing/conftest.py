@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from dkuxnet.jobs import CHILD_OPENMP_WAIT
+from dkuxnet.jobs import share_the_cpu
 
 # OpenMP threads that spin while their partner waits for a core collapse on a busy CPU (a
 # ranking of four tiny scans took 82 s beside another 2-thread job on 2 cores, 1.2 s with
 # passive threads): the suite waits as the product's child processes do (dkuxnet.jobs). Read
 # once, when torch loads, which is after this file.
-if not any(key in os.environ for key in CHILD_OPENMP_WAIT):
-    os.environ.update(CHILD_OPENMP_WAIT)
+share_the_cpu(os.environ)
 
 # Slicer puts each scripted-module folder on sys.path; do the same so that
 # `import DKUXNetSegmentLib` works here as it does inside Slicer.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import textwrap
 import time
@@ -89,6 +90,28 @@ def test_children_spin_briefly_unless_told_otherwise(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("GOMP_SPINCOUNT", "300000")
     env = child_environment()
     assert env["GOMP_SPINCOUNT"] == "300000" and "OMP_WAIT_POLICY" not in env
+
+
+def test_the_command_line_shares_the_cpu_too(tmp_path: Path) -> None:
+    """``dkuxnet`` sets the same before a subcommand loads torch (the user's setting wins)."""
+    code = (
+        "import os, sys; from dkuxnet.cli import main; main(['info']); "
+        "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))"
+    )
+    env = {
+        k: v
+        for k, v in child_environment().items()
+        if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.splitlines()[-1] == "PASSIVE 1000"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.splitlines()[-1] == "ACTIVE None"
 
 
 def test_events_are_polled_incrementally_and_job_completes(tmp_path: Path) -> None:
@@ -283,8 +306,6 @@ def test_windows_children_get_no_console_window_and_their_own_group() -> None:
     """What Popen is given on Windows (checked here by value; there is no Windows runner)."""
     assert popen_options(windows=True) == {"creationflags": 0x00000200 | 0x08000000}
     if sys.platform == "win32":
-        import subprocess
-
         assert CREATE_NEW_PROCESS_GROUP == subprocess.CREATE_NEW_PROCESS_GROUP
         assert CREATE_NO_WINDOW == subprocess.CREATE_NO_WINDOW
     assert popen_options(windows=False) == {"start_new_session": True}

@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import sys
 import time
@@ -63,6 +64,11 @@ from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "DKUXNetSegment"))  # the module folder, as Slicer does
+
+from dkuxnet.jobs import share_the_cpu  # noqa: E402
+
+# the scoring runs in this process: its threads wait as the product's (torch is not loaded yet)
+share_the_cpu(os.environ)
 
 from fine_tune_start import SHIFT, bias_field, unit_range  # noqa: E402
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
 
 from dkuxnet import __version__
 from dkuxnet.errors import DKUXNetError
+from dkuxnet.jobs import share_the_cpu
 
 # subcommand name -> module under dkuxnet.commands
 SUBCOMMANDS: dict[str, str] = {
@@ -80,6 +82,8 @@ def _wanted_subcommand(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "torch" not in sys.modules:  # before any subcommand loads it: see share_the_cpu
+        share_the_cpu(os.environ)
     wanted = _wanted_subcommand(argv)
     # Help on the top level lists every subcommand with its real help text.
     parser = build_parser(only=wanted if wanted and "-h" not in argv[:1] else None)

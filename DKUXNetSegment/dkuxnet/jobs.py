@@ -35,7 +35,7 @@ import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -101,10 +101,24 @@ def clear_stale_stop_request(stop_file: Path, token: str | None = None) -> bool:
     return True
 
 
-#: How the OpenMP threads of a child wait (read once, when torch's OpenMP runtime loads; see
-#: child_environment): GNU libgomp (Linux) spins 1000 rounds, then sleeps (its default is
+#: How our OpenMP threads wait (read once, when torch's OpenMP runtime loads; see
+#: :func:`share_the_cpu`): GNU libgomp (Linux) spins 1000 rounds, then sleeps (its default is
 #: 300000; measured here, 1000 keeps the idle speed); other runtimes wait passively
-CHILD_OPENMP_WAIT = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "1000"}
+OPENMP_WAIT = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "1000"}
+
+
+def share_the_cpu(env: MutableMapping[str, str]) -> None:
+    """Put :data:`OPENMP_WAIT` into ``env`` unless it sets a wait policy or spin count of its
+    own. Effective only for a process whose torch is not loaded yet.
+
+    Our processes share the CPU with Slicer and often with each other (Segment while a
+    Fine-tune runs), and OpenMP threads that spin while their partner waits for a core
+    collapse. Measured on 2 cores (docs/speed.md), a whole LA scan's ``predict`` beside a
+    running fine-tune: 17-23 s with the default spinning, 2.6-2.8 s with these settings;
+    alone 1.7 s and 1.8 s; a fine-tune step alone 2.25-2.30 s and 2.13 s.
+    """
+    if not any(key in env for key in OPENMP_WAIT):
+        env.update(OPENMP_WAIT)
 
 
 def dkuxnet_command(args: Sequence[str], python_executable: str | None = None) -> list[str]:
@@ -124,17 +138,10 @@ def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     Slicer puts scripted-module folders on ``sys.path`` at run time, not in ``PYTHONPATH``, so a
     child ``PythonSlicer`` would not find the package without the first entry added here.
 
-    OpenMP threads spin only briefly before they sleep (:data:`CHILD_OPENMP_WAIT`, unless the
-    environment sets a wait policy or spin count of its own). A child shares the CPU with
-    Slicer and often with another child (Segment while a Fine-tune runs), and threads that
-    spin while their partner waits for a core collapse. Measured on 2 cores (docs/speed.md), a
-    whole LA scan's ``predict`` beside a running fine-tune: 17-23 s with the default spinning,
-    2.6-2.8 s with these settings; alone 1.7 s and 1.8 s; a fine-tune step alone 2.25-2.30 s
-    and 2.13 s.
+    Its OpenMP threads spin only briefly before they sleep (:func:`share_the_cpu`).
     """
     env = dict(os.environ)
-    if not any(key in env for key in CHILD_OPENMP_WAIT):
-        env.update(CHILD_OPENMP_WAIT)
+    share_the_cpu(env)
     paths = [str(package_root())]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
