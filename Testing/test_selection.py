@@ -141,3 +141,48 @@ def test_a_resumed_run_remembers_the_best_dice(dataset: Path, tmp_path: Path) ->
     best = load_checkpoint(run / "best.pt")
     assert best["iteration"] == 6 and best["best_metric"] == 0.65
     assert _same(best["networks"], snapshots[6])
+
+
+def _tensors(tree: Any) -> list[torch.Tensor]:
+    """Every tensor of a (nested) checkpoint entry, in order."""
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for key in sorted(tree, key=str) for t in _tensors(tree[key])]
+    if isinstance(tree, list | tuple):
+        return [t for item in tree for t in _tensors(item)]
+    return []
+
+
+def test_an_in_process_resume_continues_exactly(dataset: Path, tmp_path: Path) -> None:
+    """Stopped after 2 of 4 real steps, then resumed: the weights, the optimizer's moments and
+    the schedule equal 4 straight steps, bit for bit (test_reliability's SIGKILL test says the
+    same of child processes, where mutation testing cannot see the code)."""
+    cfg = _config(4)
+    cfg = cfg.replace(training=cfg.training.replace(schedule="poly", val_every=1000, lr=1e-3))
+    straight = tmp_path / "straight"
+    Trainer(cfg, load_dataset(dataset), straight, device="cpu").run()
+
+    run = tmp_path / "resumed"
+    first = Trainer(cfg, load_dataset(dataset), run, device="cpu")
+    step = first._step
+
+    def step_then_stop(state: TrainingState, batch: Any, iteration: int) -> dict[str, float]:
+        losses = step(state, batch, iteration)
+        if iteration == 1:  # the second step: the run stops after it
+            first.stop_event.set()
+        return losses
+
+    first._step = step_then_stop  # type: ignore[method-assign]
+    assert first.run() == "cancelled"
+    assert load_checkpoint(run / "last.pt")["iteration"] == 2
+    assert Trainer(cfg, load_dataset(dataset), run, device="cpu", resume=True).run() == "completed"
+
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(run / "last.pt")
+    assert a["iteration"] == b["iteration"] == 4
+    for key in ("networks", "optimizer", "scheduler"):
+        x, y = _tensors(a[key]), _tensors(b[key])
+        assert len(x) == len(y) > 0 or key == "scheduler", key
+        assert all(torch.equal(p, q) for p, q in zip(x, y, strict=True)), key
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 4
+    assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"]

@@ -107,11 +107,11 @@ TARGETS: dict[str, Target] = {
     "grid": Target(
         "src/dkuxnet/grid.py", ("Testing/test_predictor.py", "Testing/test_bad_inputs.py")
     ),
-    # which checkpoint becomes best.pt, and what a resume restores
+    # which checkpoint becomes best.pt, what a checkpoint holds and what a resume restores
     "trainer": Target(
         "src/dkuxnet/training/trainer.py",
         ("Testing/test_selection.py",),
-        functions=("Trainer._loop", "Trainer._run"),
+        functions=("_improves", "_restore", "Trainer._save"),
     ),
     "data_folder": Target(
         "src/DKUXNetSegmentWeb/data_folder.py", ("Testing/test_web_data_folder.py",)

@@ -235,6 +235,27 @@ def pseudo_label_cases(
     return out
 
 
+def _improves(best: float | None, dice: float) -> bool:
+    """A validation Dice makes a new ``best.pt`` when there is no best yet or it is strictly
+    higher: a later tie keeps the earlier model."""
+    return best is None or dice > best
+
+
+def _restore(state: TrainingState, record: dict[str, Any]) -> None:
+    """Continue where the checkpoint ``record`` (a ``last.pt``) stopped: weights, optimizer and
+    schedule, loss scaling (fp16), iteration, best Dice and metrics, and the random streams."""
+    for net, saved in zip(state.networks, record["networks"], strict=True):
+        net.load_state_dict(saved)
+    state.optimizer.load_state_dict(record["optimizer"])
+    state.scheduler.load_state_dict(record["scheduler"])
+    if record.get("scaler"):
+        state.scaler.load_state_dict(record["scaler"])
+    state.iteration = int(record["iteration"])
+    state.best_metric = record.get("best_metric")
+    state.metrics = record.get("metrics") or {}
+    restore_rng_state(record["rng"])
+
+
 class Trainer:
     """Train one (supervised) or two (dual) networks into a run folder.
 
@@ -534,17 +555,7 @@ class Trainer:
         scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         state = TrainingState(networks, list(networks), optimizer, scheduler, scaler, amp_dtype)
         if self._resume_record is not None:
-            rec = self._resume_record
-            for net, saved in zip(networks, rec["networks"], strict=True):
-                net.load_state_dict(saved)
-            optimizer.load_state_dict(rec["optimizer"])
-            scheduler.load_state_dict(rec["scheduler"])
-            if rec.get("scaler"):
-                scaler.load_state_dict(rec["scaler"])
-            state.iteration = int(rec["iteration"])
-            state.best_metric = rec.get("best_metric")
-            state.metrics = rec.get("metrics") or {}
-            restore_rng_state(rec["rng"])
+            _restore(state, self._resume_record)
         if dist_info is not None and dist_info.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -752,7 +763,7 @@ class Trainer:
             if dist_info.is_main and (it % tcfg.val_every == 0 or it == total):
                 state.metrics = self._validate(state.networks, validation, it)
                 mean_dice = state.metrics["mean_dice"]
-                improved = state.best_metric is None or mean_dice > state.best_metric
+                improved = _improves(state.best_metric, mean_dice)
                 if improved:
                     state.best_metric = mean_dice
                 events.emit("validation", iteration=it, best=improved, **state.metrics)
