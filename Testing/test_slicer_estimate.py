@@ -71,7 +71,7 @@ def tiny_checkpoint(tmp_path: Path) -> Path:
 # ------------------------------------------------------------------ the default and the text
 def test_one_default_iteration_count_for_node_logic_and_panel(scene) -> None:
     default = logic_module.DEFAULT_FINE_TUNE_ITERATIONS
-    assert default == 250
+    assert default == 100
     params = logic_module.Parameters(scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode"))
     assert params.iterations == default
     signature = inspect.signature(logic_module.DKUXNetLogic.start_fine_tune)

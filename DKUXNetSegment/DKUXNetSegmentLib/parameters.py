@@ -29,9 +29,12 @@ MODEL_SOURCES = ("default", "run", "file")
 # (dkuxnet.run_config.FINE_TUNE_MODE): one network, about the cost of a supervised iteration
 # (1.0 s on a 2-core bf16 CPU, 2.5-4 s on one without bf16), after the start model has labelled
 # the unlabeled scans once (with flip TTA: 10-15 s a scan on the CPU without bf16); the paper's
-# dual mode took 3.4 s on the bf16 CPU. Estimate time
-# measures the user's own machine. Also the value of iterationsSpinBox in the .ui file.
-DEFAULT_FINE_TUNE_ITERATIONS = 250
+# dual mode took 3.4 s on the bf16 CPU. On the fine-tune benchmark (docs/fine_tune_bench.md,
+# 3 scanners, seed 0) 250 iterations scored -0.12 / +0.24 Dice points against 100 (the user's
+# scans / other scans) and took 16.5-17.8 min on the fp32 CPU, over the panel's 15; 100 took
+# 7-8 min. Estimate time measures the user's own machine. Also the value of iterationsSpinBox
+# in the .ui file.
+DEFAULT_FINE_TUNE_ITERATIONS = 100
 
 
 class Parameters:
