@@ -110,6 +110,10 @@ def test_best_is_the_highest_dice_not_the_last_or_a_later_tie(
     assert not _same(best["networks"], snapshots[5])  # the weights did move after the best
     last = load_checkpoint(run / "last.pt")
     assert last["iteration"] == 5 and last["best_metric"] == 0.6
+    assert (best["kind"], last["kind"]) == ("best", "last")
+    # the range of the training labels' volumes, for the predictor's volume check
+    low, high = last["label_volume_ml"]
+    assert 0 < low <= high and best["label_volume_ml"] == [low, high]
 
 
 def test_a_resumed_run_remembers_the_best_dice(dataset: Path, tmp_path: Path) -> None:
@@ -118,7 +122,13 @@ def test_a_resumed_run_remembers_the_best_dice(dataset: Path, tmp_path: Path) ->
     snapshots: Snapshots = {}
     _scripted(first, [0.3, 0.6, 0.4], snapshots)
     assert first.run() == "completed"
-    assert load_checkpoint(run / "last.pt")["best_metric"] == 0.6
+    saved = load_checkpoint(run / "last.pt")
+    assert saved["best_metric"] == 0.6
+
+    # what a resume starts from: the iteration, best Dice and metrics of last.pt
+    state = Trainer(_config(6), load_dataset(dataset), run, device="cpu", resume=True)._setup()
+    assert (state.iteration, state.best_metric) == (3, 0.6)
+    assert state.metrics == saved["metrics"] and state.metrics["mean_dice"] == 0.4
 
     # continued to 6 iterations: 0.5 and 0.55 are below the 0.6 of iteration 2; 0.65 is not
     resumed = Trainer(_config(6), load_dataset(dataset), run, device="cpu", resume=True)
@@ -186,3 +196,24 @@ def test_an_in_process_resume_continues_exactly(dataset: Path, tmp_path: Path) -
         assert all(torch.equal(p, q) for p, q in zip(x, y, strict=True)), key
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 4
     assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"]
+
+
+def test_a_checkpoint_with_a_network_missing_is_refused_on_resume(
+    dataset: Path, tmp_path: Path
+) -> None:
+    from dkuxnet.checkpoint import save_checkpoint
+    from dkuxnet.errors import CheckpointError
+
+    run = tmp_path / "run"
+    cfg = _config(1).replace(training=_config(1).training.replace(mode="dual"))
+    trainer = Trainer(cfg, load_dataset(dataset), run, device="cpu")
+    _scripted(trainer, [0.5], {})
+    trainer.run()
+    record = load_checkpoint(run / "last.pt")
+    record["networks"] = record["networks"][:1]
+    record.pop("train_config", None)
+    save_checkpoint(record, run / "last.pt")
+    resumed = Trainer(cfg.replace(training=cfg.training.replace(iterations=2)),
+                      load_dataset(dataset), run, device="cpu", resume=True)  # fmt: skip
+    with pytest.raises(CheckpointError, match="holds 1 network.s. but its configuration 2"):
+        resumed._setup()

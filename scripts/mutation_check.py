@@ -170,11 +170,16 @@ def run(
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     code = subprocess.call(command, cwd=work, env=env)
     if code == 0:
-        # every mutant that was not killed, with its diff
+        # every mutant that was tested and not killed, with its diff ("not checked": the
+        # mutants of functions outside the target's, which mutmut lists too)
         results = subprocess.run(
             [str(mutmut), "results"], cwd=work, capture_output=True, text=True, check=False
         )
-        survivors = [line.split(":")[0].strip() for line in results.stdout.splitlines() if line]
+        survivors = [
+            line.split(":")[0].strip()
+            for line in results.stdout.splitlines()
+            if line.strip() and not line.rstrip().endswith("not checked")
+        ]
         for mutant in survivors:
             subprocess.call([str(mutmut), "show", mutant], cwd=work)
         print(f"== {name}: {len(survivors)} not killed", flush=True)

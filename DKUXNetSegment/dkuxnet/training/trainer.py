@@ -243,7 +243,16 @@ def _improves(best: float | None, dice: float) -> bool:
 
 def _restore(state: TrainingState, record: dict[str, Any]) -> None:
     """Continue where the checkpoint ``record`` (a ``last.pt``) stopped: weights, optimizer and
-    schedule, loss scaling (fp16), iteration, best Dice and metrics, and the random streams."""
+    schedule, loss scaling (fp16), iteration, best Dice and metrics, and the random streams.
+
+    Raises:
+        CheckpointError: the record holds another number of networks than its configuration.
+    """
+    if len(record["networks"]) != len(state.networks):
+        raise CheckpointError(
+            f"the checkpoint holds {len(record['networks'])} network(s) but its configuration "
+            f"{len(state.networks)}: the file is damaged or was edited"
+        )
     for net, saved in zip(state.networks, record["networks"], strict=True):
         net.load_state_dict(saved)
     state.optimizer.load_state_dict(record["optimizer"])
